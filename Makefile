@@ -1,0 +1,34 @@
+# Everything starts from a fresh Debian/Ubuntu machine with Python 3.11:
+#   make demo    sample data -> one training job, offline, on the CPU
+#   make test    the test suite (what CI runs)
+# Both create or reuse .venv at the project root.
+
+PYTHON ?= python3
+VENV := .venv
+VENV_PYTHON := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: venv demo test benchmark clean
+
+venv: $(STAMP)
+
+$(STAMP): requirements/train.txt requirements/dev.txt requirements/constraints.txt container_src/pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), sys.version' 2>/dev/null || \
+		{ echo "error: $(PYTHON) must be Python 3.11 (torch 2.14.1 wheels); set PYTHON=python3.11" >&2; exit 1; }
+	@test -x $(VENV_PYTHON) || $(PYTHON) -m venv $(VENV) || \
+		{ echo "error: cannot create $(VENV); on Debian/Ubuntu: apt-get install python3-venv" >&2; exit 1; }
+	$(VENV_PYTHON) -m pip install --quiet -r requirements/dev.txt -c requirements/constraints.txt
+	$(VENV_PYTHON) -m pip install --quiet --no-deps -e container_src
+	@touch $@
+
+demo: venv
+	$(VENV_PYTHON) -m launcher.demo
+
+test: venv
+	$(VENV_PYTHON) -m pytest
+
+benchmark: venv
+	$(VENV_PYTHON) benchmarks/train_throughput.py
+
+clean:
+	rm -rf demo_output benchmarks/output .pytest_cache

@@ -1,0 +1,115 @@
+"""Is training fed fast enough? End-to-end images/s versus the model alone.
+
+Runs, in one process on one machine, alternating rounds of:
+  - model only: the training step (forward, backward, optimizer) on a batch already in
+    memory, i.e. the ceiling;
+  - end to end: the training program's own loader (JPEG decode, augmentation, default
+    worker count) feeding the same step through `train_one_epoch`.
+Prints per-round figures, the medians and their ratio. Target: ratio >= 0.8 with a frozen
+backbone (`--trainable fc`) at 224 px on a 2-core CPU machine.
+
+    .venv/bin/python benchmarks/train_throughput.py [--trainable fc] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from dogbreed.callbacks import CallbackList, TrainState
+from dogbreed.data import scan_channel
+from dogbreed.distributed import init_worker
+from dogbreed.hyperparameters import Hyperparameters
+from dogbreed.loop import EpochSums, train_one_epoch
+from dogbreed.model import build_model, set_train_mode
+from dogbreed.sample_data import write_sample_data
+from dogbreed.train import (choose_num_workers, choose_precision, make_loader,
+                            make_optimizer)
+from dogbreed.transforms import eval_preprocessing, train_transform
+
+
+def model_only_rate(state: TrainState, precision, criterion, batch: torch.Tensor,
+                    labels: torch.Tensor, steps: int) -> float:
+    model, optimizer = state.model, state.optimizer
+    set_train_mode(model)  # as the training loop does: frozen BatchNorm stays in eval
+    started = time.perf_counter()
+    for _ in range(steps):
+        with torch.autocast(batch.device.type, dtype=precision.dtype or torch.float32,
+                            enabled=precision.dtype is not None):
+            loss = criterion(model(batch), labels)
+        optimizer.zero_grad(set_to_none=True)
+        precision.scaler.scale(loss).backward()
+        precision.scaler.step(optimizer)
+        precision.scaler.update()
+    if batch.device.type == "cuda":
+        torch.cuda.synchronize()
+    return steps * batch.shape[0] / (time.perf_counter() - started)
+
+
+def end_to_end_rate(state: TrainState, loader, precision, criterion, context) -> float:
+    sums = EpochSums()
+    train_one_epoch(state, loader, criterion, precision, context, CallbackList([]), sums,
+                    lambda: False)
+    return sums.seen / sums.seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--trainable", default="fc", choices=("fc", "layer4", "all"))
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--images", type=int, default=256, help="images per end-to-end round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--num-workers", default="auto")
+    args = parser.parse_args()
+
+    context = init_worker()
+    hp = Hyperparameters(batch_size=args.batch_size, image_size=args.image_size,
+                         trainable=args.trainable, pretrained="none",
+                         num_workers=args.num_workers)
+    with tempfile.TemporaryDirectory() as tmp:
+        classes = 8
+        write_sample_data(tmp, classes=classes, images_per_class=args.images // classes * 10 // 8,
+                          seed=0)
+        channel = scan_channel("train", Path(tmp) / "train")
+        precision = choose_precision(hp, context)
+        workers = choose_num_workers(hp, context, torch.get_num_threads())
+        loader = make_loader(channel, train_transform(eval_preprocessing(hp.image_size)), hp,
+                             context, workers, shuffle=True)
+        model = build_model(classes, "none", hp.trainable).to(
+            context.device, memory_format=torch.channels_last if precision.channels_last
+            else torch.contiguous_format)
+        state = TrainState(model=model, optimizer=make_optimizer(model, hp), epochs=1)
+        criterion = torch.nn.CrossEntropyLoss(label_smoothing=hp.label_smoothing)
+        batch = torch.randn(hp.batch_size, 3, hp.image_size, hp.image_size,
+                            device=context.device)
+        if precision.channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        labels = torch.randint(0, classes, (hp.batch_size,), device=context.device)
+        steps = max(2, len(channel.samples) // hp.batch_size)
+
+        print(f"device {context.device}, trainable={hp.trainable}, {hp.image_size} px, batch "
+              f"{hp.batch_size}, precision {precision.dtype or 'fp32'}, loader workers "
+              f"{workers}, {len(channel.samples)} JPEGs, torch threads "
+              f"{torch.get_num_threads()}", flush=True)
+        model_only_rate(state, precision, criterion, batch, labels, 2)  # warm-up
+        model_rates, e2e_rates = [], []
+        for round_number in range(1, args.rounds + 1):
+            model_rates.append(model_only_rate(state, precision, criterion, batch, labels,
+                                               steps))
+            e2e_rates.append(end_to_end_rate(state, loader, precision, criterion, context))
+            print(f"round {round_number}: model only {model_rates[-1]:.1f} img/s, end to end "
+                  f"{e2e_rates[-1]:.1f} img/s", flush=True)
+        model_median, e2e_median = statistics.median(model_rates), statistics.median(e2e_rates)
+        print(f"median: model only {model_median:.1f} img/s, end to end {e2e_median:.1f} "
+              f"img/s, ratio {e2e_median / model_median:.2f}")
+
+
+if __name__ == "__main__":
+    main()

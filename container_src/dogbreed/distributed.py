@@ -1,0 +1,130 @@
+"""DistributedDataParallel across GPUs and hosts: when to use it, how to launch it.
+
+SageMaker starts one container per host and runs `train` once in each. With more than one
+GPU or host, that first process becomes a launcher: it runs `torchrun` with one worker per
+GPU (nccl) or, on CPU, `DOGBREED_PROCS_PER_HOST` workers (gloo), host 0 as the master.
+The workers run this same program and find RANK/WORLD_SIZE in their environment.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+MASTER_PORT_ENV = "DOGBREED_MASTER_PORT"
+PROCS_PER_HOST_ENV = "DOGBREED_PROCS_PER_HOST"
+DEFAULT_MASTER_PORT = 29500
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    nodes: int
+    procs_per_node: int
+    node_rank: int
+    master_addr: str
+    master_port: int
+    threads_per_proc: int
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.procs_per_node
+
+
+@dataclass(frozen=True)
+class DistContext:
+    rank: int
+    local_rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def is_torchrun_worker() -> bool:
+    return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def launch_plan(hosts: list[str], current_host: str, num_gpus: int, num_cpus: int) -> LaunchPlan:
+    """How many workers where; a world of one needs no torchrun at all."""
+    procs = num_gpus if num_gpus > 0 else int(os.environ.get(PROCS_PER_HOST_ENV, "1"))
+    if procs < 1:
+        raise ValueError(f"{PROCS_PER_HOST_ENV} must be >= 1, got {procs}")
+    return LaunchPlan(
+        nodes=len(hosts),
+        procs_per_node=procs,
+        node_rank=hosts.index(current_host),
+        # One host: loopback, so a container's own hostname never has to resolve.
+        master_addr=hosts[0] if len(hosts) > 1 else "127.0.0.1",
+        master_port=int(os.environ.get(MASTER_PORT_ENV, DEFAULT_MASTER_PORT)),
+        threads_per_proc=max(1, num_cpus // procs),
+    )
+
+
+def run_torchrun(plan: LaunchPlan, module: str) -> int:
+    """Run `python -m module` under torchrun; SIGTERM is passed on so workers checkpoint."""
+    command = [
+        sys.executable, "-m", "torch.distributed.run",
+        f"--nnodes={plan.nodes}", f"--nproc_per_node={plan.procs_per_node}",
+        f"--node_rank={plan.node_rank}", f"--master_addr={plan.master_addr}",
+        f"--master_port={plan.master_port}", "-m", module,
+    ]
+    # torchrun would set OMP_NUM_THREADS=1, which starves CPU workers.
+    env = dict(os.environ, OMP_NUM_THREADS=str(plan.threads_per_proc))
+    print(f"launching {plan.world_size} DDP workers ({plan.nodes} host(s) x "
+          f"{plan.procs_per_node}): {' '.join(command[1:])}", flush=True)
+    process = subprocess.Popen(command, env=env)
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: process.send_signal(signum))
+    try:
+        return process.wait()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def init_worker() -> DistContext:
+    """Join the process group (under torchrun) or run alone; pick this worker's device."""
+    if not is_torchrun_worker():
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return DistContext(0, 0, 1, device)
+    local_rank = int(os.environ["LOCAL_RANK"])
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+        device, backend = torch.device("cuda", local_rank), "nccl"
+    else:
+        device, backend = torch.device("cpu"), "gloo"
+    dist.init_process_group(backend=backend, device_id=device if backend == "nccl" else None)
+    return DistContext(dist.get_rank(), local_rank, dist.get_world_size(), device)
+
+
+def all_reduce_sum(values: list[float], context: DistContext) -> list[float]:
+    """Sum plain numbers over all ranks (metrics, stop flags)."""
+    if not context.enabled:
+        return values
+    tensor = torch.tensor(values, dtype=torch.float64, device=context.device)
+    dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
+def broadcast_from_main(obj, context: DistContext):
+    """Rank 0's object on every rank (a resumed checkpoint, so all ranks start equal)."""
+    if not context.enabled:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0, device=context.device)
+    return box[0]
+
+
+def shutdown(context: DistContext) -> None:
+    if context.enabled and dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,391 @@
+"""The training program: `python -m dogbreed.train`, the training image's `train`.
+
+Reads SageMaker's /opt/ml tree (or `SAGEMAKER_BASE_DIR`), fine-tunes ResNet50 on the
+`train` channel, early-stops on `valid_loss`, tests the best epoch on `test`, writes the
+artifact to model/, a checkpoint every epoch (and on SIGTERM) to checkpoints/, and
+output/success or output/failure. Read top to bottom: one function per stage.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import signal
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+
+from dogbreed import artifact, checkpoint, metrics
+from dogbreed.callbacks import Callback, CallbackList, ProgressLogger, TrainState, describe
+from dogbreed.data import Channel, ChannelError, EpochSampler, ImageListDataset, scan_channel
+from dogbreed.distributed import (DistContext, broadcast_from_main, init_worker,
+                                  is_torchrun_worker, launch_plan, run_torchrun, shutdown)
+from dogbreed.hyperparameters import HyperparameterError, Hyperparameters, parse_hyperparameters
+from dogbreed.job import JobConfigError, JobEnvironment, JobPaths, job_paths, \
+    read_job_environment, write_failure, write_success
+from dogbreed.loop import EpochSums, Precision, evaluate, reduce_epoch_sums, train_one_epoch
+from dogbreed.model import (ARCHITECTURE, PretrainedWeightsError, build_model,
+                            parameter_groups)
+from dogbreed.transforms import eval_preprocessing, eval_transform, train_transform
+
+EXIT_FAILED = 1
+EXIT_INTERRUPTED = 128 + signal.SIGTERM
+SKIPPED_PATHS_SHOWN = 3
+# The user's mistakes: reported as one line, without a traceback.
+USER_ERRORS = (HyperparameterError, ChannelError, JobConfigError, PretrainedWeightsError,
+               checkpoint.ResumeError)
+
+
+class TrainingInterrupted(Exception):
+    """SIGTERM (spot reclaim, StopTrainingJob): the checkpoint is saved, the job ends."""
+
+
+class TrainingDiverged(Exception):
+    """No epoch produced a finite validation loss: there is no model worth saving."""
+
+
+def extra_callbacks(hp: Hyperparameters, env: JobEnvironment,
+                    context: DistContext) -> list[Callback]:
+    """Where the debugger and profiler plug into the loop (none yet)."""
+    return []
+
+
+def main() -> int:
+    paths = job_paths()
+    context: DistContext | None = None
+    try:
+        env = read_job_environment()
+        hp = parse_hyperparameters(env.hyperparameters)
+        if not is_torchrun_worker():
+            plan = launch_plan(env.hosts, env.current_host, env.num_gpus, env.num_cpus)
+            if plan.world_size > 1:
+                return _run_distributed(plan, paths)
+        context = init_worker()
+        return run_job(env, hp, context)
+    except TrainingInterrupted as stop:
+        _log(f"stopped: {stop}", context)
+        if context is None or context.local_rank == 0:
+            write_failure(paths, f"interrupted: {stop}")
+        return EXIT_INTERRUPTED
+    except (*USER_ERRORS, TrainingDiverged) as error:
+        return _fail(paths, str(error), context)
+    except Exception as error:  # a bug or an environment problem: keep the traceback
+        traceback.print_exc()
+        return _fail(paths, f"{type(error).__name__}: {error}", context)
+    finally:
+        if context is not None:
+            shutdown(context)
+
+
+def run_job(env: JobEnvironment, hp: Hyperparameters, context: DistContext) -> int:
+    stop_signal = _catch_sigterm()
+    _seed_everything(hp.seed + context.rank)
+    _log(f"dogbreed training: {hp.as_dict()}", context)
+    channels = load_channels(env.channels, context)
+    preprocessing = eval_preprocessing(hp.image_size)
+    precision = choose_precision(hp, context)
+    num_workers = choose_num_workers(hp, context, env.num_cpus)
+    train_loader = make_loader(channels["train"], train_transform(preprocessing), hp, context,
+                               num_workers, shuffle=True)
+    valid_loader = make_loader(channels["valid"], eval_transform(preprocessing), hp, context,
+                               num_workers, shuffle=False)
+
+    model = build_model(len(channels["train"].class_folders), hp.pretrained, hp.trainable)
+    model = model.to(context.device, memory_format=_memory_format(precision))
+    optimizer = make_optimizer(model, hp)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=hp.epochs,
+                                                           eta_min=hp.lr * 0.01)
+    criterion = torch.nn.CrossEntropyLoss(label_smoothing=hp.label_smoothing)
+    _log(f"device {context.device}, {context.world_size} worker(s), precision "
+         f"{precision.dtype or 'fp32'}, channels_last {precision.channels_last}, "
+         f"loader workers {num_workers}, batch size {hp.batch_size} per worker, "
+         f"{len(channels['train'].samples)} train / {len(channels['valid'].samples)} valid "
+         f"images, {len(channels['train'].class_folders)} classes", context)
+
+    progress = resume(env.paths, hp, channels["train"].class_folders, model, optimizer,
+                      scheduler, precision, context)
+    network = (DistributedDataParallel(model, device_ids=[context.device.index]
+                                       if context.device.type == "cuda" else None)
+               if context.enabled else model)
+    state = TrainState(model=network, optimizer=optimizer, epochs=hp.epochs,
+                       rank=context.rank, world_size=context.world_size,
+                       epoch=progress["epoch"], global_step=progress["global_step"],
+                       history=progress["history"])
+    callbacks = CallbackList([ProgressLogger()] + extra_callbacks(hp, env, context))
+    _log(f"callbacks: {describe(callbacks.callbacks)}", context)
+    callbacks.on_train_begin(state)
+
+    early_stop = progress["early_stop"]
+    sums = progress["sums"]
+    sampler: EpochSampler = train_loader.sampler
+    stopped_early = None
+    while state.epoch <= hp.epochs:
+        sampler.set_epoch(state.epoch, start=sums.step * hp.batch_size)
+        interrupted = train_one_epoch(state, train_loader, criterion, precision, context,
+                                      callbacks, sums, stop_signal.requested)
+        if interrupted and stop_signal.requested():
+            save_progress(env.paths, hp, channels, model, optimizer, scheduler, precision,
+                          state, sums, early_stop, context)
+            raise TrainingInterrupted(f"SIGTERM during epoch {state.epoch} after step "
+                                      f"{sums.step}; checkpoint saved, a restarted job resumes")
+        epoch_metrics = reduce_epoch_sums(sums, context).metrics()
+        valid_loss, valid_accuracy, _ = evaluate(model, valid_loader, precision, context,
+                                                 distributed=True)
+        epoch_metrics.update(valid_loss=valid_loss, valid_accuracy=valid_accuracy)
+        _log(metrics.format_epoch_line(state.epoch, epoch_metrics), context)
+        state.history.append({"epoch": state.epoch, **epoch_metrics})
+        _update_early_stop(early_stop, state.epoch, valid_loss, model, env.paths, context)
+        callbacks.on_epoch_end(state, epoch_metrics)
+        scheduler.step()
+        state.epoch += 1
+        sums = EpochSums()
+        save_progress(env.paths, hp, channels, model, optimizer, scheduler, precision,
+                      state, sums, early_stop, context)
+        if state.stop_reason:
+            stopped_early = state.stop_reason
+        elif hp.patience and early_stop["bad_epochs"] >= hp.patience:
+            stopped_early = (f"valid_loss did not improve for {hp.patience} epoch(s) "
+                             f"(best {early_stop['best_valid_loss']:.4f} at epoch "
+                             f"{early_stop['best_epoch']})")
+        if stop_signal.requested():
+            raise TrainingInterrupted(f"SIGTERM after epoch {state.epoch - 1}; checkpoint "
+                                      "saved, a restarted job resumes")
+        if stopped_early:
+            _log(f"stopping early: {stopped_early}", context)
+            break
+    callbacks.on_train_end(state)
+
+    if context.is_main:
+        finish(env, hp, channels, model, preprocessing, precision, context, state,
+               early_stop, progress["resumed_from"], stopped_early, num_workers)
+    return 0
+
+
+def load_channels(channel_dirs: dict[str, Path], context: DistContext) -> dict[str, Channel]:
+    """train and valid are required, test is optional; all share train's class order."""
+    missing = [name for name in ("train", "valid") if name not in channel_dirs]
+    if missing:
+        raise ChannelError(f"missing channel(s) {', '.join(missing)}: the job needs 'train' "
+                           f"and 'valid' (and optionally 'test'); got "
+                           f"{', '.join(sorted(channel_dirs)) or 'none'}")
+    channels = {"train": scan_channel("train", channel_dirs["train"])}
+    for name in ("valid", "test"):
+        if name in channel_dirs:
+            channels[name] = scan_channel(name, channel_dirs[name],
+                                          channels["train"].class_folders)
+    for channel in channels.values():
+        if channel.skipped:
+            shown = ", ".join(channel.skipped[:SKIPPED_PATHS_SHOWN])
+            more = len(channel.skipped) - SKIPPED_PATHS_SHOWN
+            _log(f"WARNING skipped {len(channel.skipped)} unreadable or non-image file(s) in "
+                 f"channel {channel.name}: {shown}{f' (+{more} more)' if more > 0 else ''}",
+                 context)
+    return channels
+
+
+def choose_precision(hp: Hyperparameters, context: DistContext) -> Precision:
+    """amp=auto: bf16 on GPUs that have it, else fp16 on GPU; never on CPU (slow there)."""
+    on_gpu = context.device.type == "cuda"
+    dtype = None
+    if on_gpu and hp.amp != "off":
+        if hp.amp == "bf16" or (hp.amp == "auto" and torch.cuda.is_bf16_supported()):
+            dtype = torch.bfloat16
+        else:
+            dtype = torch.float16
+    elif hp.amp in ("bf16", "fp16"):
+        _log(f"amp={hp.amp} ignored: no GPU, training in fp32", context)
+    scaler = torch.amp.GradScaler(context.device.type, enabled=dtype == torch.float16)
+    return Precision(dtype=dtype, scaler=scaler, channels_last=on_gpu)
+
+
+def choose_num_workers(hp: Hyperparameters, context: DistContext, num_cpus: int) -> int:
+    """auto: on GPU, up to 8 decoding processes per GPU, leaving a core for the trainer;
+    on CPU, one: decoding is cheap beside a CPU forward pass, and more workers would
+    only take cores from it."""
+    if hp.num_workers != "auto":
+        return int(hp.num_workers)
+    cpus_per_worker = max(1, num_cpus // max(1, torch.cuda.device_count()
+                                              if context.device.type == "cuda" else 1))
+    if context.device.type == "cuda":
+        return max(1, min(8, cpus_per_worker - 1))
+    return 1
+
+
+def make_loader(channel: Channel, transform, hp: Hyperparameters, context: DistContext,
+                num_workers: int, shuffle: bool) -> DataLoader:
+    sampler = EpochSampler(len(channel.samples), shuffle=shuffle, seed=hp.seed,
+                           rank=context.rank, world_size=context.world_size)
+    # A last training batch of one sample breaks BatchNorm; drop it in that case only.
+    drop_last = shuffle and len(sampler) % hp.batch_size == 1
+    return DataLoader(ImageListDataset(channel.samples, transform), batch_size=hp.batch_size,
+                      sampler=sampler, num_workers=num_workers,
+                      pin_memory=context.device.type == "cuda",
+                      persistent_workers=num_workers > 0, drop_last=drop_last)
+
+
+def make_optimizer(model: torch.nn.Module, hp: Hyperparameters) -> torch.optim.Optimizer:
+    groups = parameter_groups(model, hp.lr, hp.weight_decay, hp.pretrained)
+    if hp.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=hp.lr, momentum=0.9, nesterov=True)
+    if hp.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=hp.lr)
+    return torch.optim.AdamW(groups, lr=hp.lr)
+
+
+def resume(paths: JobPaths, hp: Hyperparameters, class_folders: list[str],
+           model: torch.nn.Module, optimizer, scheduler, precision: Precision,
+           context: DistContext) -> dict[str, Any]:
+    """Start from checkpoints/ when a checkpoint is there (rank 0 reads, all ranks load)."""
+    saved = checkpoint.load_checkpoint(paths.checkpoints) if context.is_main else None
+    if saved is not None:
+        checkpoint.check_compatible(saved, hp.as_dict(), class_folders)
+    saved = broadcast_from_main(saved, context)
+    if saved is None:
+        return {"epoch": 1, "global_step": 0, "history": [], "sums": EpochSums(),
+                "resumed_from": None,
+                "early_stop": {"best_valid_loss": math.inf, "best_epoch": 0, "bad_epochs": 0}}
+    model.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    scheduler.T_max = hp.epochs  # epochs may differ from the interrupted job's
+    precision.scaler.load_state_dict(saved["scaler"])
+    checkpoint.set_rng_state(saved["rng"][min(context.rank, len(saved["rng"]) - 1)])
+    sums = EpochSums(**saved["sums"])
+    _log(f"resuming from checkpoint: epoch {saved['epoch']}, {sums.step} step(s) into it, "
+         f"global step {saved['global_step']}", context)
+    return {"epoch": saved["epoch"], "global_step": saved["global_step"],
+            "history": list(saved["history"]), "sums": sums,
+            "resumed_from": {"epoch": saved["epoch"], "step": sums.step},
+            "early_stop": dict(saved["early_stop"])}
+
+
+def save_progress(paths: JobPaths, hp: Hyperparameters, channels: dict[str, Channel],
+                  model: torch.nn.Module, optimizer, scheduler, precision: Precision,
+                  state: TrainState, sums: EpochSums, early_stop: dict,
+                  context: DistContext) -> None:
+    """Checkpoint (rank 0 writes; RNG states of all ranks are gathered first)."""
+    rng = [checkpoint.rng_state()]
+    if context.enabled:
+        rng = [None] * context.world_size
+        torch.distributed.all_gather_object(rng, checkpoint.rng_state())
+    if not context.is_main:
+        return
+    checkpoint.save_checkpoint(paths.checkpoints, {
+        "epoch": state.epoch, "global_step": state.global_step, "sums": vars(sums),
+        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(), "scaler": precision.scaler.state_dict(),
+        "rng": rng, "history": state.history, "early_stop": early_stop,
+        "hyperparameters": hp.as_dict(), "class_folders": channels["train"].class_folders,
+    })
+
+
+def _update_early_stop(early_stop: dict, epoch: int, valid_loss: float,
+                       model: torch.nn.Module, paths: JobPaths, context: DistContext) -> None:
+    """Track the best epoch; its weights go to checkpoints/best.safetensors (rank 0)."""
+    if math.isfinite(valid_loss) and valid_loss < early_stop["best_valid_loss"]:
+        early_stop.update(best_valid_loss=valid_loss, best_epoch=epoch, bad_epochs=0)
+        if context.is_main:
+            checkpoint.save_weights(paths.checkpoints / checkpoint.BEST_WEIGHTS_FILE,
+                                    model.state_dict())
+    else:
+        early_stop["bad_epochs"] += 1
+
+
+def finish(env: JobEnvironment, hp: Hyperparameters, channels: dict[str, Channel],
+           model: torch.nn.Module, preprocessing: dict, precision: Precision,
+           context: DistContext, state: TrainState, early_stop: dict,
+           resumed_from: dict | None, stopped_early: str | None, num_workers: int) -> None:
+    """Best epoch's weights -> test metrics -> model/ artifact -> output/success."""
+    if early_stop["best_epoch"] == 0:
+        raise TrainingDiverged("valid_loss was not finite in any epoch: training diverged; "
+                               "lower lr (or use amp=off)")
+    best = checkpoint.load_weights(env.paths.checkpoints / checkpoint.BEST_WEIGHTS_FILE)
+    model.load_state_dict(best)
+    best_metrics = next(row for row in state.history if row["epoch"] == early_stop["best_epoch"])
+    final = {key: value for key, value in best_metrics.items()}
+    if "test" in channels:
+        test_loader = make_loader(channels["test"], eval_transform(preprocessing), hp,
+                                  DistContext(0, 0, 1, context.device), num_workers,
+                                  shuffle=False)
+        test_loss, test_accuracy, _ = evaluate(model, test_loader, precision, context,
+                                               distributed=False)
+        final.update(test_loss=test_loss, test_accuracy=test_accuracy)
+        _log(metrics.format_test_line(final), context)
+    else:
+        _log("no 'test' channel: skipping the test evaluation", context)
+    train = channels["train"]
+    artifact.write_artifact(
+        env.paths.model, state_dict=model.state_dict(), architecture=ARCHITECTURE,
+        class_folders=train.class_folders, class_names=train.class_names,
+        preprocessing=preprocessing, hyperparameters=hp.as_dict(), metrics=final,
+        history=state.history,
+        training={"best_epoch": early_stop["best_epoch"], "epochs_run": len(state.history),
+                  "stopped_early": stopped_early, "resumed_from": resumed_from,
+                  "world_size": context.world_size, "device": context.device.type,
+                  "precision": str(precision.dtype or "fp32"),
+                  "skipped_files": {name: len(channel.skipped)
+                                    for name, channel in channels.items()},
+                  "images": {name: len(channel.samples) for name, channel in channels.items()},
+                  "loader_workers": num_workers})
+    write_success(env.paths, {"best_epoch": early_stop["best_epoch"], "metrics": final})
+    _log(f"model written to {env.paths.model} (best epoch {early_stop['best_epoch']})", context)
+
+
+class _StopSignal:
+    def __init__(self):
+        self._requested = False
+
+    def request(self, signum, frame) -> None:
+        self._requested = True
+
+    def requested(self) -> bool:
+        return self._requested
+
+
+def _catch_sigterm() -> _StopSignal:
+    stop = _StopSignal()
+    signal.signal(signal.SIGTERM, stop.request)
+    return stop
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _memory_format(precision: Precision) -> torch.memory_format:
+    return torch.channels_last if precision.channels_last else torch.contiguous_format
+
+
+def _run_distributed(plan, paths: JobPaths) -> int:
+    """This process only launches; the workers write the outputs (or should have)."""
+    code = run_torchrun(plan, "dogbreed.train")
+    if code != 0 and plan.node_rank == 0 and not paths.failure_file.exists():
+        write_failure(paths, f"distributed training failed (torchrun exit code {code}); "
+                             "see the job log for the failing rank")
+    return code if code == 0 or code == EXIT_INTERRUPTED else EXIT_FAILED
+
+
+def _fail(paths: JobPaths, reason: str, context: DistContext | None) -> int:
+    print(f"ERROR {reason}", file=sys.stderr, flush=True)
+    if context is None or context.local_rank == 0:
+        write_failure(paths, reason)
+    return EXIT_FAILED
+
+
+def _log(message: str, context: DistContext | None) -> None:
+    if context is None or context.is_main:
+        print(message, flush=True)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    raise SystemExit(main())

@@ -1,0 +1,83 @@
+"""Spot interruption: SIGTERM saves a checkpoint, a restarted job carries on from it."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+
+import torch
+
+from conftest import FAST_HYPERPARAMETERS, channels_of, job_env, run_job
+from dogbreed.data import EpochSampler
+from dogbreed.metrics import parse_metrics
+from launcher.job_dir import prepare_training_dir
+
+EPOCHS = 3
+
+
+def test_sigterm_after_epoch_one_then_restart_completes_from_the_checkpoint(sample_data,
+                                                                            tmp_path):
+    hyperparameters = dict(FAST_HYPERPARAMETERS, epochs=EPOCHS)
+    channels = channels_of(sample_data)
+    prepare_training_dir(tmp_path, hyperparameters, channels)
+    process = subprocess.Popen([sys.executable, "-m", "dogbreed.train"], env=job_env(tmp_path),
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    first_lines = []
+    for line in process.stdout:
+        first_lines.append(line)
+        if line.startswith("epoch=1 "):
+            process.send_signal(signal.SIGTERM)
+            break
+    first_lines += process.stdout.readlines()
+    assert process.wait(timeout=300) == 128 + signal.SIGTERM, "".join(first_lines)
+    assert "interrupted" in (tmp_path / "output" / "failure").read_text()
+    assert not (tmp_path / "output" / "success").exists()
+    saved = torch.load(tmp_path / "checkpoints" / "checkpoint.pt", weights_only=True)
+    assert saved["epoch"] == 2  # epoch 1 is complete; epoch 2 is next (maybe begun)
+    assert [row["epoch"] for row in saved["history"]] == [1]
+    epoch_one = parse_metrics("".join(first_lines))
+
+    (tmp_path / "output" / "failure").unlink()
+    second = run_job(tmp_path, hyperparameters, channels)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert parse_metrics(second.stdout)["epoch"] == [2, 3]  # epoch 1 was not trained again
+    description = json.loads((tmp_path / "model" / "model.json").read_text())
+    assert description["training"]["resumed_from"] == {"epoch": 2, "step": saved["sums"]["step"]}
+    history = json.loads((tmp_path / "model" / "metrics.json").read_text())["epochs"]
+    assert [row["epoch"] for row in history] == [1, 2, 3]
+    assert round(history[0]["valid_loss"], 4) == epoch_one["valid_loss"][0]
+    assert (tmp_path / "output" / "success").is_file()
+
+
+def test_a_checkpoint_of_another_job_is_refused(sample_data, tmp_path):
+    channels = channels_of(sample_data)
+    first = run_job(tmp_path, dict(FAST_HYPERPARAMETERS, epochs=1), channels)
+    assert first.returncode == 0, first.stderr
+    second = run_job(tmp_path, dict(FAST_HYPERPARAMETERS, epochs=1, lr=0.01), channels)
+    assert second.returncode == 1
+    reason = (tmp_path / "output" / "failure").read_text()
+    assert "other hyperparameters (lr: 0.001 -> 0.01)" in reason
+
+
+def test_epoch_sampler_resumes_mid_epoch_with_the_same_remaining_order():
+    whole = EpochSampler(50, shuffle=True, seed=7)
+    whole.set_epoch(3)
+    resumed = EpochSampler(50, shuffle=True, seed=7)
+    resumed.set_epoch(3, start=20)
+    assert list(resumed) == list(whole)[20:]
+    whole.set_epoch(4)
+    assert list(whole) != list(resumed)  # another epoch, another order
+
+
+def test_epoch_sampler_shards_cover_the_data_with_equal_step_counts():
+    shards = []
+    for rank in range(3):
+        sampler = EpochSampler(10, shuffle=True, seed=0, rank=rank, world_size=3)
+        sampler.set_epoch(1)
+        shards.append(list(sampler))
+    assert {len(shard) for shard in shards} == {4}
+    assert set().union(*shards) == set(range(10))
+    evaluation = [list(EpochSampler(10, shuffle=False, rank=r, world_size=3)) for r in range(3)]
+    assert sorted(sum(evaluation, [])) == list(range(10))  # no padding: exact metrics
