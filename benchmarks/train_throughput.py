@@ -14,6 +14,7 @@ backbone (`--trainable fc`) at 224 px on a 2-core CPU machine.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -79,7 +80,7 @@ def main() -> None:
                           seed=0)
         channel = scan_channel("train", Path(tmp) / "train")
         precision = choose_precision(hp, context)
-        workers = choose_num_workers(hp, context, torch.get_num_threads())
+        workers = choose_num_workers(hp, context, os.cpu_count() or 1)
         loader = make_loader(channel, train_transform(eval_preprocessing(hp.image_size)), hp,
                              context, workers, shuffle=True)
         model = build_model(classes, "none", hp.trainable).to(

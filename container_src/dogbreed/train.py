@@ -97,6 +97,9 @@ def run_job(env: JobEnvironment, hp: Hyperparameters, context: DistContext) -> i
     valid_loader = make_loader(channels["valid"], eval_transform(preprocessing), hp, context,
                                num_workers, shuffle=False)
 
+    if hp.pretrained == "none" and hp.trainable != "all":
+        _log(f"WARNING pretrained=none with trainable={hp.trainable}: the frozen layers keep "
+             "their random weights; use trainable=all to train from scratch", context)
     model = build_model(len(channels["train"].class_folders), hp.pretrained, hp.trainable)
     model = model.to(context.device, memory_format=_memory_format(precision))
     optimizer = make_optimizer(model, hp)
