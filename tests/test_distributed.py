@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
 from conftest import FAST_HYPERPARAMETERS, channels_of, free_port, job_env, run_job
 from dogbreed.metrics import parse_metrics
 from launcher.job_dir import prepare_training_dir
+from test_resume import EPOCHS, assert_resumed_mid_epoch, interrupt_mid_epoch
 
 
 def test_two_workers_on_one_host(sample_data, tmp_path):
@@ -21,8 +23,34 @@ def test_two_workers_on_one_host(sample_data, tmp_path):
     assert len(parse_metrics(result.stdout)["test_accuracy"]) == 1
     description = json.loads((tmp_path / "model" / "model.json").read_text())
     assert description["training"]["world_size"] == 2
-    # Both ranks' epochs together saw every training image (24 x 5 = 120, sharded 60 + 60).
-    assert description["training"]["images"]["train"] == 120
+    # The two ranks' shards together are every training image once (24 x 5 = 120).
+    history = json.loads((tmp_path / "model" / "metrics.json").read_text())["epochs"]
+    assert [row["train_images"] for row in history] == [120, 120]
+
+
+def test_sigterm_to_two_workers_checkpoints_and_the_restart_completes(sample_data, tmp_path):
+    """torchrun passes SIGTERM to both ranks (and their loader workers); they must agree
+    where to stop, save one checkpoint with both ranks' sums, and exit 143."""
+    hyperparameters = dict(FAST_HYPERPARAMETERS, epochs=EPOCHS)
+    channels = channels_of(sample_data)
+    ddp = {"DOGBREED_PROCS_PER_HOST": "2", "DOGBREED_MASTER_PORT": str(free_port())}
+    prepare_training_dir(tmp_path, hyperparameters, channels)
+    first_lines, saved = interrupt_mid_epoch(tmp_path, epoch=2, step=2, **ddp)
+    assert re.match(r"rank[01]: interrupted: SIGTERM during epoch 2 after step \d+; checkpoint",
+                    (tmp_path / "output" / "failure").read_text())
+    assert not list((tmp_path / "output").glob("failure.rank*"))
+    (tmp_path / "output" / "failure").unlink()
+    second = run_job(tmp_path, hyperparameters, channels, **ddp)
+    assert_resumed_mid_epoch(tmp_path, first_lines, saved, second)
+
+
+def test_a_failing_rank_reports_its_own_reason(sample_data, tmp_path):
+    result = run_job(tmp_path, dict(FAST_HYPERPARAMETERS, pretrained=str(tmp_path / "nope.pt")),
+                     channels_of(sample_data), DOGBREED_PROCS_PER_HOST="2",
+                     DOGBREED_MASTER_PORT=str(free_port()))
+    assert result.returncode == 1
+    reason = (tmp_path / "output" / "failure").read_text()
+    assert reason.startswith("rank") and "nope.pt does not exist" in reason
 
 
 def test_two_hosts_only_the_first_writes_the_artifact(sample_data, tmp_path):

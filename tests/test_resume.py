@@ -17,38 +17,50 @@ from launcher.job_dir import prepare_training_dir
 EPOCHS = 3
 
 
-def test_sigterm_after_epoch_one_then_restart_completes_from_the_checkpoint(sample_data,
-                                                                            tmp_path):
+def interrupt_mid_epoch(base_dir, epoch: int, step: int, **env) -> list[str]:
+    """Run the job in base_dir; SIGTERM it once rank 0 reports `step` of `epoch` done
+    (a progress line after every step); return what it printed and the checkpoint."""
+    process = subprocess.Popen([sys.executable, "-m", "dogbreed.train"],
+                               env=job_env(base_dir, DOGBREED_PROGRESS_SECONDS="0", **env),
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    for line in process.stdout:
+        lines.append(line)
+        if line.startswith(f"progress: epoch {epoch}/{EPOCHS} step {step}/"):
+            process.send_signal(signal.SIGTERM)
+            break
+    lines += process.stdout.readlines()
+    assert process.wait(timeout=300) == 128 + signal.SIGTERM, "".join(lines)
+    assert f"stopped: SIGTERM during epoch {epoch}" in "".join(lines)
+    return lines, torch.load(base_dir / "checkpoints" / "checkpoint.pt", weights_only=True)
+
+
+def assert_resumed_mid_epoch(base_dir, first_lines: list[str], saved: dict, second) -> None:
+    """Interrupted in epoch 2 with steps done; the restart trained epochs 2 and 3 only, and
+    epoch 2 still covered every training image exactly once."""
+    assert saved["epoch"] == 2 and saved["sums"]["step"] >= 2
+    assert [row["epoch"] for row in saved["history"]] == [1]
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert parse_metrics(second.stdout)["epoch"] == [2, 3]  # epoch 1 was not trained again
+    description = json.loads((base_dir / "model" / "model.json").read_text())
+    assert description["training"]["resumed_from"] == {"epoch": 2, "step": saved["sums"]["step"]}
+    history = json.loads((base_dir / "model" / "metrics.json").read_text())["epochs"]
+    assert [row["epoch"] for row in history] == [1, 2, 3]
+    assert [row["train_images"] for row in history] == [120, 120, 120]
+    assert round(history[0]["valid_loss"], 4) == parse_metrics("".join(first_lines))["valid_loss"][0]
+    assert (base_dir / "output" / "success").is_file()
+
+
+def test_sigterm_mid_epoch_then_restart_completes_from_the_checkpoint(sample_data, tmp_path):
     hyperparameters = dict(FAST_HYPERPARAMETERS, epochs=EPOCHS)
     channels = channels_of(sample_data)
     prepare_training_dir(tmp_path, hyperparameters, channels)
-    process = subprocess.Popen([sys.executable, "-m", "dogbreed.train"], env=job_env(tmp_path),
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    first_lines = []
-    for line in process.stdout:
-        first_lines.append(line)
-        if line.startswith("epoch=1 "):
-            process.send_signal(signal.SIGTERM)
-            break
-    first_lines += process.stdout.readlines()
-    assert process.wait(timeout=300) == 128 + signal.SIGTERM, "".join(first_lines)
-    assert "interrupted" in (tmp_path / "output" / "failure").read_text()
+    first_lines, saved = interrupt_mid_epoch(tmp_path, epoch=2, step=3)
+    assert (tmp_path / "output" / "failure").read_text().startswith("interrupted: SIGTERM")
     assert not (tmp_path / "output" / "success").exists()
-    saved = torch.load(tmp_path / "checkpoints" / "checkpoint.pt", weights_only=True)
-    assert saved["epoch"] == 2  # epoch 1 is complete; epoch 2 is next (maybe begun)
-    assert [row["epoch"] for row in saved["history"]] == [1]
-    epoch_one = parse_metrics("".join(first_lines))
-
     (tmp_path / "output" / "failure").unlink()
     second = run_job(tmp_path, hyperparameters, channels)
-    assert second.returncode == 0, second.stdout + second.stderr
-    assert parse_metrics(second.stdout)["epoch"] == [2, 3]  # epoch 1 was not trained again
-    description = json.loads((tmp_path / "model" / "model.json").read_text())
-    assert description["training"]["resumed_from"] == {"epoch": 2, "step": saved["sums"]["step"]}
-    history = json.loads((tmp_path / "model" / "metrics.json").read_text())["epochs"]
-    assert [row["epoch"] for row in history] == [1, 2, 3]
-    assert round(history[0]["valid_loss"], 4) == epoch_one["valid_loss"][0]
-    assert (tmp_path / "output" / "success").is_file()
+    assert_resumed_mid_epoch(tmp_path, first_lines, saved, second)
 
 
 def test_a_checkpoint_of_another_job_is_refused(sample_data, tmp_path):

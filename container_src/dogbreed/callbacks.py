@@ -8,11 +8,15 @@ rank 0, the only one that should write files or log.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+
+
+PROGRESS_SECONDS_ENV = "DOGBREED_PROGRESS_SECONDS"
 
 
 @dataclass
@@ -86,7 +90,9 @@ class ProgressLogger(Callback):
     """A progress line every `interval_seconds` on rank 0: long epochs are not silent,
     and the lines read well in CloudWatch (no carriage-return progress bars)."""
 
-    def __init__(self, interval_seconds: float = 30.0, log=print):
+    def __init__(self, interval_seconds: float | None = None, log=print):
+        if interval_seconds is None:
+            interval_seconds = float(os.environ.get(PROGRESS_SECONDS_ENV, "30"))
         self.interval = interval_seconds
         self.log = log
         self._last = time.monotonic()

@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 CHECKPOINT_FILE = "checkpoint.pt"
-BEST_WEIGHTS_FILE = "best.safetensors"
+BEST_WEIGHTS_PATTERN = "best-epoch*.safetensors"
 # A checkpoint is only reused by a job with the same settings, apart from these.
 RESUMABLE_CHANGES = ("epochs", "patience", "num-workers")
 
@@ -96,6 +96,17 @@ def save_weights(path: Path, state_dict: dict[str, torch.Tensor]) -> None:
 
 def load_weights(path: Path) -> dict[str, torch.Tensor]:
     return load_file(str(path))
+
+
+def best_weights_name(epoch: int) -> str:
+    return f"best-epoch{epoch:04d}.safetensors"
+
+
+def remove_best_weights(directory: Path, keep: str | None) -> None:
+    """Drop best-weight files of superseded epochs (only after a checkpoint names `keep`)."""
+    for path in directory.glob(BEST_WEIGHTS_PATTERN):
+        if path.name != keep:
+            path.unlink()
 
 
 def _as_tuples(value):

@@ -42,6 +42,9 @@ class DistContext:
     local_rank: int
     world_size: int
     device: torch.device
+    # Stop flags, metric sums and objects travel on a CPU (gloo) group: a per-step check on
+    # the nccl group would sync the GPU every step.
+    control_group: object = None
 
     @property
     def is_main(self) -> bool:
@@ -72,8 +75,12 @@ def launch_plan(hosts: list[str], current_host: str, num_gpus: int, num_cpus: in
     )
 
 
-def run_torchrun(plan: LaunchPlan, module: str) -> int:
-    """Run `python -m module` under torchrun; SIGTERM is passed on so workers checkpoint."""
+def run_torchrun(plan: LaunchPlan, module: str) -> tuple[int, bool]:
+    """Run `python -m module` under torchrun; SIGTERM is passed on so workers checkpoint.
+
+    Returns torchrun's exit code and whether a SIGTERM was passed on (torchrun itself
+    exits 1 then, which must not read as a failure of the training).
+    """
     command = [
         sys.executable, "-m", "torch.distributed.run",
         f"--nnodes={plan.nodes}", f"--nproc_per_node={plan.procs_per_node}",
@@ -85,9 +92,15 @@ def run_torchrun(plan: LaunchPlan, module: str) -> int:
     print(f"launching {plan.world_size} DDP workers ({plan.nodes} host(s) x "
           f"{plan.procs_per_node}): {' '.join(command[1:])}", flush=True)
     process = subprocess.Popen(command, env=env)
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: process.send_signal(signum))
+    forwarded = []
+
+    def forward(signum, frame):
+        forwarded.append(signum)
+        process.send_signal(signum)
+
+    previous = signal.signal(signal.SIGTERM, forward)
     try:
-        return process.wait()
+        return process.wait(), bool(forwarded)
     finally:
         signal.signal(signal.SIGTERM, previous)
 
@@ -104,15 +117,16 @@ def init_worker() -> DistContext:
     else:
         device, backend = torch.device("cpu"), "gloo"
     dist.init_process_group(backend=backend, device_id=device if backend == "nccl" else None)
-    return DistContext(dist.get_rank(), local_rank, dist.get_world_size(), device)
+    control = dist.new_group(backend="gloo") if backend == "nccl" else None
+    return DistContext(dist.get_rank(), local_rank, dist.get_world_size(), device, control)
 
 
 def all_reduce_sum(values: list[float], context: DistContext) -> list[float]:
-    """Sum plain numbers over all ranks (metrics, stop flags)."""
+    """Sum plain numbers over all ranks (metrics, stop flags), without touching the GPU."""
     if not context.enabled:
         return values
-    tensor = torch.tensor(values, dtype=torch.float64, device=context.device)
-    dist.all_reduce(tensor)
+    tensor = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(tensor, group=context.control_group)
     return tensor.tolist()
 
 
@@ -121,8 +135,26 @@ def broadcast_from_main(obj, context: DistContext):
     if not context.enabled:
         return obj
     box = [obj]
-    dist.broadcast_object_list(box, src=0, device=context.device)
+    dist.broadcast_object_list(box, src=0, group=context.control_group)
     return box[0]
+
+
+def gather_objects(obj, context: DistContext) -> list:
+    """Every rank's `obj`, in rank order, on every rank."""
+    if not context.enabled:
+        return [obj]
+    gathered = [None] * context.world_size
+    dist.all_gather_object(gathered, obj, group=context.control_group)
+    return gathered
+
+
+def sync_buffers(model: torch.nn.Module, context: DistContext) -> None:
+    """Rank 0's BatchNorm statistics on every rank: each rank updated its own copy with
+    its own batches since DDP last synced them, and evaluation is sharded."""
+    if not context.enabled:
+        return
+    for buffer in model.buffers():
+        dist.broadcast(buffer, src=0)
 
 
 def shutdown(context: DistContext) -> None:

@@ -85,11 +85,11 @@ def read_job_environment() -> JobEnvironment:
     )
 
 
-def write_failure(paths: JobPaths, reason: str) -> None:
+def write_failure(paths: JobPaths, reason: str, name: str = "failure") -> None:
     """One readable line in output/failure: SageMaker shows it as the FailureReason."""
     paths.output.mkdir(parents=True, exist_ok=True)
     line = " ".join(reason.split())[:FAILURE_REASON_LIMIT]
-    paths.failure_file.write_text(line + "\n")
+    (paths.output / name).write_text(line + "\n")
 
 
 def write_success(paths: JobPaths, summary: dict[str, Any]) -> None:

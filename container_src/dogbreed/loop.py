@@ -40,16 +40,16 @@ class EpochSums:
     def metrics(self) -> dict[str, float]:
         seen = max(self.seen, 1.0)
         return {"train_loss": self.loss_sum / seen, "train_accuracy": self.correct / seen,
-                "images_per_sec": self.seen / max(self.seconds, 1e-9)}
+                "images_per_sec": self.seen / max(self.seconds, 1e-9),
+                "train_images": self.seen}
 
 
 def train_one_epoch(state: TrainState, loader: DataLoader, criterion: torch.nn.Module,
                     precision: Precision, context: DistContext, callbacks: Callback,
                     sums: EpochSums, stop_requested: Callable[[], bool]) -> bool:
-    """Train until the loader is done or a stop is asked for; returns True if cut short.
-
-    `sums` is updated in place (local to this rank until `reduce_epoch_sums`).
-    """
+    """Train until the loader is done or `stop_requested()` (which all ranks must answer
+    alike) says stop; returns True if cut short. `sums` is updated in place (local to this
+    rank until `reduce_epoch_sums`)."""
     model, optimizer, device = state.model, state.optimizer, context.device
     set_train_mode(model)
     steps_in_epoch = sums.step + len(loader)
@@ -80,10 +80,7 @@ def train_one_epoch(state: TrainState, loader: DataLoader, criterion: torch.nn.M
             loss=loss.detach(), outputs=outputs, labels=labels, batch_size=labels.numel(),
             data_seconds=step_started - waiting_since,
             compute_seconds=time.perf_counter() - step_started))
-        stop = stop_requested() or state.stop_reason is not None
-        if context.enabled:
-            stop = all_reduce_sum([float(stop)], context)[0] > 0
-        if stop and sums.step < steps_in_epoch:
+        if sums.step < steps_in_epoch and stop_requested():
             interrupted = True
             break
         waiting_since = time.perf_counter()

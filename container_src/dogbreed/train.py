@@ -14,6 +14,7 @@ import random
 import signal
 import sys
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +26,9 @@ from torch.utils.data import DataLoader
 from dogbreed import artifact, checkpoint, metrics
 from dogbreed.callbacks import Callback, CallbackList, ProgressLogger, TrainState, describe
 from dogbreed.data import Channel, ChannelError, EpochSampler, ImageListDataset, scan_channel
-from dogbreed.distributed import (DistContext, broadcast_from_main, init_worker,
-                                  is_torchrun_worker, launch_plan, run_torchrun, shutdown)
+from dogbreed.distributed import (DistContext, all_reduce_sum, broadcast_from_main,
+                                  gather_objects, init_worker, is_torchrun_worker,
+                                  launch_plan, run_torchrun, shutdown, sync_buffers)
 from dogbreed.hyperparameters import HyperparameterError, Hyperparameters, parse_hyperparameters
 from dogbreed.job import JobConfigError, JobEnvironment, JobPaths, job_paths, \
     read_job_environment, write_failure, write_success
@@ -71,8 +73,7 @@ def main() -> int:
         return run_job(env, hp, context)
     except TrainingInterrupted as stop:
         _log(f"stopped: {stop}", context)
-        if context is None or context.local_rank == 0:
-            write_failure(paths, f"interrupted: {stop}")
+        _write_failure(paths, f"interrupted: {stop}")
         return EXIT_INTERRUPTED
     except (*USER_ERRORS, TrainingDiverged) as error:
         return _fail(paths, str(error), context)
@@ -106,14 +107,14 @@ def run_job(env: JobEnvironment, hp: Hyperparameters, context: DistContext) -> i
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=hp.epochs,
                                                            eta_min=hp.lr * 0.01)
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=hp.label_smoothing)
+    training = TrainingObjects(model, optimizer, scheduler, precision)
     _log(f"device {context.device}, {context.world_size} worker(s), precision "
          f"{precision.dtype or 'fp32'}, channels_last {precision.channels_last}, "
          f"loader workers {num_workers}, batch size {hp.batch_size} per worker, "
          f"{len(channels['train'].samples)} train / {len(channels['valid'].samples)} valid "
          f"images, {len(channels['train'].class_folders)} classes", context)
 
-    progress = resume(env.paths, hp, channels["train"].class_folders, model, optimizer,
-                      scheduler, precision, context)
+    progress = resume(env.paths, hp, channels["train"].class_folders, training, context)
     network = (DistributedDataParallel(model, device_ids=[context.device.index]
                                        if context.device.type == "cuda" else None)
                if context.enabled else model)
@@ -128,17 +129,28 @@ def run_job(env: JobEnvironment, hp: Hyperparameters, context: DistContext) -> i
     early_stop = progress["early_stop"]
     sums = progress["sums"]
     sampler: EpochSampler = train_loader.sampler
-    stopped_early = None
-    while state.epoch <= hp.epochs:
+    stopped_early = early_stop.get("stopped_early")
+
+    def stop_now() -> bool:
+        return any(agreed_stop(stop_signal, state, context))
+
+    while state.epoch <= hp.epochs and not stopped_early:
         sampler.set_epoch(state.epoch, start=sums.step * hp.batch_size)
-        interrupted = train_one_epoch(state, train_loader, criterion, precision, context,
-                                      callbacks, sums, stop_signal.requested)
-        if interrupted and stop_signal.requested():
-            save_progress(env.paths, hp, channels, model, optimizer, scheduler, precision,
-                          state, sums, early_stop, context)
+        cut_short = train_one_epoch(state, train_loader, criterion, precision, context,
+                                    callbacks, sums, stop_now)
+        sigterm, callback_stop = agreed_stop(stop_signal, state, context) if cut_short \
+            else (False, False)
+        if sigterm:
+            sums = reduce_epoch_sums(sums, context)
+            save_progress(env.paths, hp, channels, training, state, sums, early_stop, context)
             raise TrainingInterrupted(f"SIGTERM during epoch {state.epoch} after step "
                                       f"{sums.step}; checkpoint saved, a restarted job resumes")
+        if callback_stop:
+            stopped_early = _stop_reason(state)
+            _log(f"stopping early during epoch {state.epoch}: {stopped_early}", context)
+            break
         epoch_metrics = reduce_epoch_sums(sums, context).metrics()
+        sync_buffers(model, context)
         valid_loss, valid_accuracy, _ = evaluate(model, valid_loader, precision, context,
                                                  distributed=True)
         epoch_metrics.update(valid_loss=valid_loss, valid_accuracy=valid_accuracy)
@@ -149,26 +161,39 @@ def run_job(env: JobEnvironment, hp: Hyperparameters, context: DistContext) -> i
         scheduler.step()
         state.epoch += 1
         sums = EpochSums()
-        save_progress(env.paths, hp, channels, model, optimizer, scheduler, precision,
-                      state, sums, early_stop, context)
-        if state.stop_reason:
-            stopped_early = state.stop_reason
+        sigterm, callback_stop = agreed_stop(stop_signal, state, context)
+        if callback_stop:
+            stopped_early = _stop_reason(state)
         elif hp.patience and early_stop["bad_epochs"] >= hp.patience:
             stopped_early = (f"valid_loss did not improve for {hp.patience} epoch(s) "
                              f"(best {early_stop['best_valid_loss']:.4f} at epoch "
                              f"{early_stop['best_epoch']})")
-        if stop_signal.requested():
-            raise TrainingInterrupted(f"SIGTERM after epoch {state.epoch - 1}; checkpoint "
-                                      "saved, a restarted job resumes")
+        early_stop["stopped_early"] = stopped_early  # a resumed job must not train on
+        save_progress(env.paths, hp, channels, training, state, sums, early_stop, context)
         if stopped_early:
             _log(f"stopping early: {stopped_early}", context)
-            break
+        elif sigterm and state.epoch <= hp.epochs:
+            raise TrainingInterrupted(f"SIGTERM after epoch {state.epoch - 1}; checkpoint "
+                                      "saved, a restarted job resumes")
     callbacks.on_train_end(state)
 
     if context.is_main:
         finish(env, hp, channels, model, preprocessing, precision, context, state,
                early_stop, progress["resumed_from"], stopped_early, num_workers)
     return 0
+
+
+def agreed_stop(stop_signal: "_StopSignal", state: TrainState,
+                context: DistContext) -> tuple[bool, bool]:
+    """(SIGTERM seen, a callback asked to stop) on any rank: every rank must take the same
+    branch, or the next collective operation hangs."""
+    sigterm, callback = all_reduce_sum(
+        [float(stop_signal.requested()), float(state.stop_reason is not None)], context)
+    return sigterm > 0, callback > 0
+
+
+def _stop_reason(state: TrainState) -> str:
+    return state.stop_reason or "a callback on another rank asked to stop"
 
 
 def load_channels(channel_dirs: dict[str, Path], context: DistContext) -> dict[str, Channel]:
@@ -198,7 +223,8 @@ def choose_precision(hp: Hyperparameters, context: DistContext) -> Precision:
     on_gpu = context.device.type == "cuda"
     dtype = None
     if on_gpu and hp.amp != "off":
-        if hp.amp == "bf16" or (hp.amp == "auto" and torch.cuda.is_bf16_supported()):
+        native_bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
+        if hp.amp == "bf16" or (hp.amp == "auto" and native_bf16):
             dtype = torch.bfloat16
         else:
             dtype = torch.float16
@@ -228,7 +254,7 @@ def make_loader(channel: Channel, transform, hp: Hyperparameters, context: DistC
     # A last training batch of one sample breaks BatchNorm; drop it in that case only.
     drop_last = shuffle and len(sampler) % hp.batch_size == 1
     return DataLoader(ImageListDataset(channel.samples, transform), batch_size=hp.batch_size,
-                      sampler=sampler, num_workers=num_workers,
+                      sampler=sampler, num_workers=num_workers, worker_init_fn=_ignore_sigterm,
                       pin_memory=context.device.type == "cuda",
                       persistent_workers=num_workers > 0, drop_last=drop_last)
 
@@ -242,25 +268,43 @@ def make_optimizer(model: torch.nn.Module, hp: Hyperparameters) -> torch.optim.O
     return torch.optim.AdamW(groups, lr=hp.lr)
 
 
+@dataclass
+class TrainingObjects:
+    """What a checkpoint saves and restores, besides the loop's own state."""
+    model: torch.nn.Module  # unwrapped (not the DDP wrapper)
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    precision: Precision
+
+
 def resume(paths: JobPaths, hp: Hyperparameters, class_folders: list[str],
-           model: torch.nn.Module, optimizer, scheduler, precision: Precision,
-           context: DistContext) -> dict[str, Any]:
-    """Start from checkpoints/ when a checkpoint is there (rank 0 reads, all ranks load)."""
-    saved = checkpoint.load_checkpoint(paths.checkpoints) if context.is_main else None
-    if saved is not None:
-        checkpoint.check_compatible(saved, hp.as_dict(), class_folders)
-    saved = broadcast_from_main(saved, context)
+           training: TrainingObjects, context: DistContext) -> dict[str, Any]:
+    """Start from checkpoints/ when a checkpoint is there (rank 0 reads, all ranks load;
+    a refused checkpoint fails every rank, not only the one that read it)."""
+    saved, error = None, None
+    if context.is_main:
+        try:
+            saved = checkpoint.load_checkpoint(paths.checkpoints)
+            if saved is not None:
+                checkpoint.check_compatible(saved, hp.as_dict(), class_folders)
+        except checkpoint.ResumeError as refused:
+            saved, error = None, str(refused)
+    saved, error = broadcast_from_main((saved, error), context)
+    if error:
+        raise checkpoint.ResumeError(error)
     if saved is None:
         return {"epoch": 1, "global_step": 0, "history": [], "sums": EpochSums(),
                 "resumed_from": None,
-                "early_stop": {"best_valid_loss": math.inf, "best_epoch": 0, "bad_epochs": 0}}
-    model.load_state_dict(saved["model"])
-    optimizer.load_state_dict(saved["optimizer"])
-    scheduler.load_state_dict(saved["scheduler"])
-    scheduler.T_max = hp.epochs  # epochs may differ from the interrupted job's
-    precision.scaler.load_state_dict(saved["scaler"])
+                "early_stop": {"best_valid_loss": math.inf, "best_epoch": 0, "bad_epochs": 0,
+                               "best_file": None, "stopped_early": None}}
+    training.model.load_state_dict(saved["model"])
+    training.optimizer.load_state_dict(saved["optimizer"])
+    training.scheduler.load_state_dict(saved["scheduler"])
+    training.scheduler.T_max = hp.epochs  # epochs may differ from the interrupted job's
+    training.precision.scaler.load_state_dict(saved["scaler"])
     checkpoint.set_rng_state(saved["rng"][min(context.rank, len(saved["rng"]) - 1)])
-    sums = EpochSums(**saved["sums"])
+    # The saved sums are already totals over all ranks: rank 0 carries them on.
+    sums = EpochSums(**saved["sums"]) if context.is_main else EpochSums(step=saved["sums"]["step"])
     _log(f"resuming from checkpoint: epoch {saved['epoch']}, {sums.step} step(s) into it, "
          f"global step {saved['global_step']}", context)
     return {"epoch": saved["epoch"], "global_step": saved["global_step"],
@@ -270,33 +314,35 @@ def resume(paths: JobPaths, hp: Hyperparameters, class_folders: list[str],
 
 
 def save_progress(paths: JobPaths, hp: Hyperparameters, channels: dict[str, Channel],
-                  model: torch.nn.Module, optimizer, scheduler, precision: Precision,
-                  state: TrainState, sums: EpochSums, early_stop: dict,
-                  context: DistContext) -> None:
-    """Checkpoint (rank 0 writes; RNG states of all ranks are gathered first)."""
-    rng = [checkpoint.rng_state()]
-    if context.enabled:
-        rng = [None] * context.world_size
-        torch.distributed.all_gather_object(rng, checkpoint.rng_state())
+                  training: TrainingObjects, state: TrainState, sums: EpochSums,
+                  early_stop: dict, context: DistContext) -> None:
+    """Checkpoint (rank 0 writes; RNG states of all ranks are gathered first). `sums` must
+    be totals over all ranks. Best-weight files the checkpoint no longer names go after."""
+    rng = gather_objects(checkpoint.rng_state(), context)
     if not context.is_main:
         return
     checkpoint.save_checkpoint(paths.checkpoints, {
         "epoch": state.epoch, "global_step": state.global_step, "sums": vars(sums),
-        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(), "scaler": precision.scaler.state_dict(),
+        "model": training.model.state_dict(), "optimizer": training.optimizer.state_dict(),
+        "scheduler": training.scheduler.state_dict(),
+        "scaler": training.precision.scaler.state_dict(),
         "rng": rng, "history": state.history, "early_stop": early_stop,
         "hyperparameters": hp.as_dict(), "class_folders": channels["train"].class_folders,
     })
+    checkpoint.remove_best_weights(paths.checkpoints, keep=early_stop["best_file"])
 
 
 def _update_early_stop(early_stop: dict, epoch: int, valid_loss: float,
                        model: torch.nn.Module, paths: JobPaths, context: DistContext) -> None:
-    """Track the best epoch; its weights go to checkpoints/best.safetensors (rank 0)."""
+    """Track the best epoch. Its weights go to a file named by epoch (rank 0), written
+    before the checkpoint that names it, so a kill between the two never pairs a
+    checkpoint with another epoch's weights."""
     if math.isfinite(valid_loss) and valid_loss < early_stop["best_valid_loss"]:
-        early_stop.update(best_valid_loss=valid_loss, best_epoch=epoch, bad_epochs=0)
+        best_file = checkpoint.best_weights_name(epoch)
+        early_stop.update(best_valid_loss=valid_loss, best_epoch=epoch, bad_epochs=0,
+                          best_file=best_file)
         if context.is_main:
-            checkpoint.save_weights(paths.checkpoints / checkpoint.BEST_WEIGHTS_FILE,
-                                    model.state_dict())
+            checkpoint.save_weights(paths.checkpoints / best_file, model.state_dict())
     else:
         early_stop["bad_epochs"] += 1
 
@@ -307,9 +353,12 @@ def finish(env: JobEnvironment, hp: Hyperparameters, channels: dict[str, Channel
            resumed_from: dict | None, stopped_early: str | None, num_workers: int) -> None:
     """Best epoch's weights -> test metrics -> model/ artifact -> output/success."""
     if early_stop["best_epoch"] == 0:
+        if stopped_early:
+            raise TrainingDiverged(f"stopped before any epoch gave a finite valid_loss: "
+                                   f"{stopped_early}")
         raise TrainingDiverged("valid_loss was not finite in any epoch: training diverged; "
                                "lower lr (or use amp=off)")
-    best = checkpoint.load_weights(env.paths.checkpoints / checkpoint.BEST_WEIGHTS_FILE)
+    best = checkpoint.load_weights(env.paths.checkpoints / early_stop["best_file"])
     model.load_state_dict(best)
     best_metrics = next(row for row in state.history if row["epoch"] == early_stop["best_epoch"])
     final = {key: value for key, value in best_metrics.items()}
@@ -358,6 +407,12 @@ def _catch_sigterm() -> _StopSignal:
     return stop
 
 
+def _ignore_sigterm(worker_id: int) -> None:
+    """Loader workers leave SIGTERM to the trainer: torchrun signals the whole process
+    group, and a worker dying first would turn a checkpoint-and-exit into a crash."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -369,19 +424,38 @@ def _memory_format(precision: Precision) -> torch.memory_format:
 
 
 def _run_distributed(plan, paths: JobPaths) -> int:
-    """This process only launches; the workers write the outputs (or should have)."""
-    code = run_torchrun(plan, "dogbreed.train")
-    if code != 0 and plan.node_rank == 0 and not paths.failure_file.exists():
-        write_failure(paths, f"distributed training failed (torchrun exit code {code}); "
-                             "see the job log for the failing rank")
-    return code if code == 0 or code == EXIT_INTERRUPTED else EXIT_FAILED
+    """This process only launches. Workers that fail write output/failure.rank<N>; the
+    first one written is the cause (the others are ranks torchrun stopped because of it),
+    and it becomes this host's output/failure."""
+    code, interrupted = run_torchrun(plan, "dogbreed.train")
+    rank_failures = sorted(paths.output.glob("failure.rank*"), key=lambda p: p.stat().st_mtime)
+    if code != 0:
+        if rank_failures:
+            first = rank_failures[0]
+            reason = f"{first.name.removeprefix('failure.')}: {first.read_text().strip()}"
+        else:
+            reason = (f"distributed training failed (torchrun exit code {code}); see the "
+                      "job log for the failing rank")
+        write_failure(paths, reason)
+    for path in rank_failures:
+        path.unlink()
+    if code == 0:
+        return 0
+    return EXIT_INTERRUPTED if interrupted else EXIT_FAILED
 
 
 def _fail(paths: JobPaths, reason: str, context: DistContext | None) -> int:
     print(f"ERROR {reason}", file=sys.stderr, flush=True)
-    if context is None or context.local_rank == 0:
-        write_failure(paths, reason)
+    _write_failure(paths, reason)
     return EXIT_FAILED
+
+
+def _write_failure(paths: JobPaths, reason: str) -> None:
+    """output/failure, or failure.rank<N> under torchrun (the launcher picks the cause)."""
+    if is_torchrun_worker():
+        write_failure(paths, reason, name=f"failure.rank{os.environ['RANK']}")
+    else:
+        write_failure(paths, reason)
 
 
 def _log(message: str, context: DistContext | None) -> None:
