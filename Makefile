@@ -8,11 +8,11 @@ VENV := .venv
 VENV_PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test benchmark clean
+.PHONY: venv java demo test benchmark clean
 
 venv: $(STAMP)
 
-$(STAMP): requirements/train.txt requirements/dev.txt requirements/constraints.txt container_src/pyproject.toml
+$(STAMP): requirements/train.txt requirements/serve.txt requirements/dev.txt requirements/constraints.txt container_src/pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), sys.version' 2>/dev/null || \
 		{ echo "error: $(PYTHON) must be Python 3.11 (torch 2.14.1 wheels); set PYTHON=python3.11" >&2; exit 1; }
 	@test -x $(VENV_PYTHON) || $(PYTHON) -m venv $(VENV) || \
@@ -24,11 +24,19 @@ $(STAMP): requirements/train.txt requirements/dev.txt requirements/constraints.t
 demo: venv
 	$(VENV_PYTHON) -m launcher.demo
 
-test: venv
+# multi-model-server (the serving tests) runs on Java 17.
+java:
+	@command -v java >/dev/null || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			apt-get update -qq && apt-get install -y -qq default-jre-headless >/dev/null; \
+		else echo "error: Java 17 is needed: sudo apt-get install default-jre-headless" >&2; exit 1; fi; }
+
+test: venv java
 	$(VENV_PYTHON) -m pytest
 
-benchmark: venv
+benchmark: venv java
 	$(VENV_PYTHON) benchmarks/train_throughput.py
+	$(VENV_PYTHON) benchmarks/serve_latency.py
 
 clean:
 	rm -rf demo_output benchmarks/output .pytest_cache

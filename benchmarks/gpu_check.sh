@@ -2,14 +2,18 @@
 # The GPU paths of the training program, on a lent GPU machine (see benchmarks/README.md):
 # a full job with amp=auto (bf16) + channels_last, a fp16 job (GradScaler), and the
 # throughput benchmark. Wheels for the toolkit travel in .whl/ (the machine is offline).
-# Usage there: bash benchmarks/gpu_check.sh OUT_DIR
+# Usage there: bash benchmarks/gpu_check.sh OUT_DIR [all|train|serve]
 set -uo pipefail
-OUT=${1:-/tmp/gpu_check}; mkdir -p "$OUT"
+OUT=${1:-/tmp/gpu_check}; mkdir -p "$OUT"; PART=${2:-all}
 SITE=/tmp/site; mkdir -p $SITE
 for wheel in .whl/*.whl; do python3 -m zipfile -e "$wheel" $SITE; done
 export PYTHONPATH=$PWD/container_src:$PWD:$SITE PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, torchvision, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'torchvision', torchvision.__version__, 'cpus', __import__('os').cpu_count())"
+if [ "$PART" = serve ] || [ "$PART" = all ]; then
+  echo "== serving model path"; python3 benchmarks/gpu_serve_check.py 2>&1 | tee "$OUT/serve.log"
+fi
+[ "$PART" = serve ] && exit 0
 python3 -m dogbreed.sample_data /tmp/data --classes 10 --images-per-class 100 --seed 0
 
 job() {  # job NAME JSON_HYPERPARAMETERS

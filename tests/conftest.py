@@ -4,9 +4,11 @@ exactly as the container does (`SAGEMAKER_BASE_DIR=DIR python -m dogbreed.train`
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -53,3 +55,67 @@ def run_job(base_dir: Path, hyperparameters: dict, channels: dict, timeout: floa
 
 def failure_reason(base_dir: Path) -> str:
     return (base_dir / "output" / "failure").read_text()
+
+
+@pytest.fixture(scope="session")
+def trained_model(sample_data, tmp_path_factory) -> Path:
+    """The model/ folder of a short training job on the sample data (64 px)."""
+    base = tmp_path_factory.mktemp("trained")
+    result = run_job(base, dict(FAST_HYPERPARAMETERS, epochs=3), channels_of(sample_data))
+    assert result.returncode == 0, result.stderr
+    return base / "model"
+
+
+class RunningServer:
+    """`python -m dogbreed.serve` started for real (MMS, Java, workers) on a free port."""
+
+    def __init__(self, base_dir: Path, **env: str):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.runtime_dir = base_dir / "serve_runtime"
+        self.env = dict(os.environ, SAGEMAKER_BASE_DIR=str(base_dir),
+                        SAGEMAKER_BIND_TO_PORT=str(self.port), SAGEMAKER_MODEL_SERVER_WORKERS="2",
+                        DOGBREED_SERVE_DIR=str(self.runtime_dir), PYTHONUNBUFFERED="1")
+        self.env.update(env)
+        self.log = base_dir / "serve.log"
+        self.process: subprocess.Popen | None = None
+        self.ping_codes: list[int] = []
+
+    def start(self, timeout: float = 120) -> "RunningServer":
+        import requests
+        with open(self.log, "w") as log:
+            self.process = subprocess.Popen([sys.executable, "-m", "dogbreed.serve"],
+                                            env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, self.log.read_text()[-3000:]
+            try:
+                self.ping_codes.append(requests.get(f"{self.url}/ping", timeout=2).status_code)
+            except requests.ConnectionError:
+                self.ping_codes.append(0)
+            if self.ping_codes[-1] == 200:
+                return self
+            time.sleep(0.2)
+        self.stop()
+        raise AssertionError(f"server not ready in {timeout} s:\n{self.log.read_text()[-3000:]}")
+
+    def stop(self) -> int:
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else 0
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            raise
+
+
+def model_server_processes(runtime_dir: Path) -> list[str]:
+    """Command lines of processes still running from this server's runtime folder."""
+    import psutil
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        command = " ".join(process.info["cmdline"] or [])
+        if str(runtime_dir) in command:
+            found.append(command)
+    return found

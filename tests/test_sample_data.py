@@ -8,7 +8,8 @@ import sys
 
 from PIL import Image
 
-from dogbreed.data import is_readable_image, label_from_folder
+from dogbreed.data import label_from_folder
+from dogbreed.images import is_readable_image
 from dogbreed.sample_data import NOT_AN_IMAGE_FILE, TRUNCATED_FILE, write_sample_data
 
 

@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
-from PIL import Image, ImageOps
 from torch.utils.data import Dataset, Sampler
+
+from dogbreed.images import is_readable_image, open_rgb
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 _FOLDER_NUMBER = re.compile(r"^\d+\.")
@@ -44,32 +45,6 @@ class Channel:
 def label_from_folder(folder: str) -> str:
     """`001.Affenpinscher` -> `Affenpinscher`; `037.Brittany_spaniel` -> `Brittany spaniel`."""
     return _FOLDER_NUMBER.sub("", folder).replace("_", " ")
-
-
-def open_rgb(source) -> Image.Image:
-    """Decode fully, apply EXIF rotation, convert palette/gray/CMYK/alpha to RGB."""
-    image = Image.open(source)
-    image.load()
-    image = ImageOps.exif_transpose(image)
-    if image.mode != "RGB":
-        if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
-            background = Image.new("RGB", image.size, (255, 255, 255))
-            background.paste(image.convert("RGBA"), mask=image.convert("RGBA").split()[-1])
-            image = background
-        else:
-            image = image.convert("RGB")
-    return image
-
-
-def is_readable_image(path: str) -> bool:
-    """True when the whole file decodes; JPEGs decode at 1/8 scale, which is fast."""
-    try:
-        with Image.open(path) as image:
-            image.draft("RGB", (64, 64))
-            image.load()
-        return True
-    except Exception:  # PIL raises many types for broken files; all mean "skip it"
-        return False
 
 
 def scan_channel(name: str, root: str | Path,

@@ -1,0 +1,160 @@
+"""Requests to images, predictions to responses: the endpoint's wire format.
+
+Everything a client can get wrong is caught here and raised as `ClientError` with the
+HTTP status it deserves (400 bad body, 413 too large, 415 content type, 406 accept).
+Nothing here unpickles: images go through PIL, JSON through `json`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import os
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from PIL import Image
+
+from dogbreed.images import open_rgb
+
+IMAGE_CONTENT_TYPES = ("image/jpeg", "image/png", "application/x-image")
+JSON_CONTENT_TYPE = "application/json"
+ACCEPTABLE = ("application/json", "*/*", "application/*")
+MAX_PIXELS_ENV = "DOGBREED_MAX_IMAGE_PIXELS"
+MAX_INSTANCES_ENV = "DOGBREED_MAX_INSTANCES"
+MAX_PAYLOAD_ENV = "SAGEMAKER_MAX_PAYLOAD_IN_MB"
+# A 12-megapixel phone photo is 12e6; 40e6 leaves room while a decompression bomb
+# (a small file that decodes to gigabytes) is refused before it is decoded.
+DEFAULT_MAX_PIXELS = 40_000_000
+DEFAULT_MAX_INSTANCES = 64
+DEFAULT_MAX_PAYLOAD_MB = 6  # SageMaker's own limit for real-time endpoints
+MAX_TOP_K = 1000
+_TOP_K = re.compile(r"(?:^|[,;\s])top_k=([^,;\s]*)")
+
+
+class ClientError(Exception):
+    """A request the server refuses; `status` is the HTTP status code to answer with."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_instances: int = DEFAULT_MAX_INSTANCES
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_MB * 1024 * 1024
+
+    @classmethod
+    def from_environment(cls) -> "Limits":
+        return cls(
+            max_pixels=int(os.environ.get(MAX_PIXELS_ENV, DEFAULT_MAX_PIXELS)),
+            max_instances=int(os.environ.get(MAX_INSTANCES_ENV, DEFAULT_MAX_INSTANCES)),
+            max_payload_bytes=int(float(os.environ.get(MAX_PAYLOAD_ENV, DEFAULT_MAX_PAYLOAD_MB))
+                                  * 1024 * 1024))
+
+
+def media_type(header: str | None) -> str:
+    """`image/jpeg; q=0.9` -> `image/jpeg`."""
+    return (header or "").split(";")[0].strip().lower()
+
+
+def check_accept(accept: str | None) -> None:
+    """Answers are JSON only; an Accept that rules JSON out gets 406."""
+    if not accept:
+        return
+    offered = [media_type(part) for part in accept.split(",")]
+    if not any(kind in ACCEPTABLE for kind in offered):
+        raise ClientError(406, f"cannot answer with {accept!r}: responses are application/json")
+
+
+def parse_top_k(custom_attributes: str | None, default: int) -> int:
+    """`top_k=N` from X-Amzn-SageMaker-Custom-Attributes (other attributes are ignored)."""
+    match = _TOP_K.search(custom_attributes or "")
+    if not match:
+        return default
+    try:
+        top_k = int(match.group(1))
+    except ValueError:
+        top_k = 0
+    if not 1 <= top_k <= MAX_TOP_K:
+        raise ClientError(400, f"top_k must be a whole number from 1 to {MAX_TOP_K}, got "
+                               f"{match.group(1)!r}")
+    return top_k
+
+
+def decode_images(body: bytes, content_type: str | None, limits: Limits) -> list[Image.Image]:
+    """The request body as RGB images: one for an image body, several for JSON instances."""
+    kind = media_type(content_type)
+    if kind not in IMAGE_CONTENT_TYPES + (JSON_CONTENT_TYPE,):
+        raise ClientError(415, f"unsupported Content-Type {content_type!r}: send "
+                               f"{', '.join(IMAGE_CONTENT_TYPES)} or {JSON_CONTENT_TYPE} "
+                               '{"instances": ["<base64 image>", ...]}')
+    if isinstance(body, str):
+        body = body.encode("utf-8")
+    if not body:
+        raise ClientError(400, "empty request body: send an image")
+    if len(body) > limits.max_payload_bytes:
+        raise ClientError(413, f"payload of {len(body)} bytes is over the limit of "
+                               f"{limits.max_payload_bytes} bytes")
+    if kind != JSON_CONTENT_TYPE:
+        return [_decode_image(body, limits, "the body")]
+    return [_decode_image(raw, limits, f"instance {i}")
+            for i, raw in enumerate(_json_instances(body, limits))]
+
+
+def encode_predictions(predictions: list[list[dict[str, Any]]]) -> str:
+    return json.dumps({"predictions": predictions})
+
+
+def encode_error(message: str) -> str:
+    return json.dumps({"error": message})
+
+
+def _json_instances(body: bytes, limits: Limits) -> list[bytes]:
+    try:
+        document = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ClientError(400, f"body is not valid JSON: {error}") from None
+    instances = document.get("instances") if isinstance(document, dict) else None
+    if not isinstance(instances, list) or not instances:
+        raise ClientError(400, 'JSON body must be {"instances": ["<base64 image>", ...]} with '
+                               "at least one instance")
+    if len(instances) > limits.max_instances:
+        raise ClientError(413, f"{len(instances)} instances in one request; the limit is "
+                               f"{limits.max_instances}")
+    decoded = []
+    for i, instance in enumerate(instances):
+        if isinstance(instance, dict) and set(instance) == {"b64"}:
+            instance = instance["b64"]  # the TensorFlow Serving convention, also accepted
+        if not isinstance(instance, str):
+            raise ClientError(400, f"instance {i} is not a base64 string")
+        try:
+            decoded.append(base64.b64decode(instance, validate=True))
+        except (binascii.Error, ValueError):
+            raise ClientError(400, f"instance {i} is not valid base64") from None
+    return decoded
+
+
+def _decode_image(data: bytes, limits: Limits, what: str) -> Image.Image:
+    if not data:
+        raise ClientError(400, f"{what} is empty")
+    try:
+        with Image.open(io.BytesIO(data)) as probe:  # reads the header only
+            width, height = probe.size
+    except Image.DecompressionBombError:
+        raise ClientError(400, f"{what} is an image too large to decode") from None
+    except Exception:  # PIL raises many types for data that is not an image
+        raise ClientError(400, f"{what} is not a decodable JPEG or PNG image") from None
+    if width * height > limits.max_pixels:
+        raise ClientError(400, f"{what} is {width}x{height} pixels, over the limit of "
+                               f"{limits.max_pixels} pixels")
+    try:
+        return open_rgb(io.BytesIO(data))
+    except Exception:
+        raise ClientError(400, f"{what} is a damaged or truncated image") from None

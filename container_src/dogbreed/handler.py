@@ -1,0 +1,110 @@
+"""Inference handlers in the SageMaker toolkit's convention, and the transformer running them.
+
+`model_fn`, `input_fn`, `predict_fn`, `output_fn` are what a SageMaker user would write in
+`inference.py`. `BreedTransformer` is the toolkit's `Transformer` with three sharp edges
+filed off: it always uses these handlers (the toolkit would take any importable module
+named `inference` as user code), it checks Accept before running the model, and a client
+error answers `{"error": ...}` with its 4xx status and no traceback (the toolkit puts the
+traceback in every error body).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import traceback
+
+import torch
+from sagemaker_inference.errors import BaseInferenceToolkitError, GenericInferenceToolkitError
+from sagemaker_inference.transformer import Transformer
+
+from dogbreed.codec import (ClientError, Limits, check_accept, decode_images, encode_error,
+                            encode_predictions, parse_top_k)
+from dogbreed.predictor import DEFAULT_TOP_K, BreedClassifier
+
+CUSTOM_ATTRIBUTES = "x-amzn-sagemaker-custom-attributes"
+JSON = "application/json"
+logger = logging.getLogger("dogbreed.handler")
+
+
+def model_fn(model_dir: str, context=None) -> BreedClassifier:
+    device = "cpu"
+    if torch.cuda.is_available():  # MMS spreads workers over the GPUs: use the one given
+        properties = getattr(context, "system_properties", None) or {}
+        device = f"cuda:{properties.get('gpu_id') or 0}"
+    _share_cores_between_workers()
+    classifier = BreedClassifier.load(model_dir, device=device)
+    classifier.warm_up()  # the first real request must not pay for torch's first run
+    return classifier
+
+
+def input_fn(input_data: bytes, content_type: str, context=None):
+    """Images and the requested top-k of one request."""
+    headers = _request_headers(context)
+    try:
+        images = decode_images(input_data, content_type, Limits.from_environment())
+        top_k = parse_top_k(headers.get(CUSTOM_ATTRIBUTES), DEFAULT_TOP_K)
+    except ClientError as error:
+        raise GenericInferenceToolkitError(error.status, error.message) from None
+    return images, top_k
+
+
+def predict_fn(data, model: BreedClassifier):
+    images, top_k = data
+    return model.predict(images, top_k)  # several instances run as one batch
+
+
+def output_fn(prediction, accept: str):
+    return encode_predictions(prediction), JSON
+
+
+class BreedTransformer(Transformer):
+    def _validate_user_module_and_set_functions(self):
+        self._model_fn, self._input_fn = model_fn, input_fn
+        self._predict_fn, self._output_fn = predict_fn, output_fn
+        self._transform_fn = self._transform_with_checks
+
+    def _transform_with_checks(self, model, input_data, content_type, accept, context=None):
+        try:
+            check_accept(accept if accept != self._environment.default_accept else None)
+        except ClientError as error:
+            raise GenericInferenceToolkitError(error.status, error.message) from None
+        return self._default_transform_fn(model, input_data, content_type, accept, context)
+
+    @staticmethod
+    def handle_error(context, inference_exception: BaseInferenceToolkitError, trace):
+        status = inference_exception.status_code
+        if status >= 500:
+            logger.error("inference failed: %s", trace)  # the log keeps what the body must not
+            message = "internal error while predicting; see the endpoint's log"
+        else:
+            message = inference_exception.message
+        context.set_response_status(code=status, phrase=inference_exception.phrase or "")
+        context.set_response_content_type(0, JSON)
+        return [encode_error(message)]
+
+    def transform(self, data, context):
+        if not self._initialized:  # a failed model_fn must not leave a traceback in bodies
+            try:
+                self.validate_and_initialize(
+                    model_dir=context.system_properties.get("model_dir"), context=context)
+            except Exception:
+                return self.handle_error(context, GenericInferenceToolkitError(
+                    503, "model not loaded"), traceback.format_exc())
+        return super().transform(data, context)
+
+
+def _request_headers(context) -> dict[str, str]:
+    """This request's headers, lower-cased names (MMS keeps them as the client sent them)."""
+    if context is None or not getattr(context, "request_processor", None):
+        return {}
+    properties = context.request_processor[0].get_request_properties() or {}
+    return {str(name).lower(): value for name, value in properties.items()
+            if isinstance(value, str)}
+
+
+def _share_cores_between_workers() -> None:
+    """Each worker process gets its share of the cores; by default every worker would
+    start one thread per core and they would fight over them."""
+    workers = int(os.environ.get("SAGEMAKER_MODEL_SERVER_WORKERS") or 1)
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, workers)))

@@ -1,0 +1,244 @@
+"""The serving program for real: `python -m dogbreed.serve` (multi-model-server, Java, Python
+workers) on a free port, driven over HTTP with `requests`."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+from PIL import Image
+
+from conftest import RunningServer, model_server_processes
+from dogbreed.images import open_rgb
+from dogbreed.predictor import BreedClassifier
+
+JPEG = {"Content-Type": "image/jpeg"}
+
+
+@pytest.fixture(scope="module")
+def server(trained_model, tmp_path_factory):
+    base = tmp_path_factory.mktemp("serve")
+    (base / "model").symlink_to(trained_model)
+    # Low limits, so the over-limit requests below stay small.
+    running = RunningServer(base, SAGEMAKER_MAX_PAYLOAD_IN_MB="1",
+                            DOGBREED_MAX_IMAGE_PIXELS="1000000").start()
+    yield running
+    assert running.stop() == 0
+    assert model_server_processes(running.runtime_dir) == []  # Java and workers are gone
+
+
+def _jpeg(image: Image.Image, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=95, **options)
+    return buffer.getvalue()
+
+
+def _test_images(sample_data) -> list:
+    return sorted((sample_data / "test").rglob("*.jpg"))
+
+
+def test_ping_turns_200_only_once_a_worker_answers(server):
+    assert server.ping_codes[0] != 200  # not healthy from the first moment
+    assert set(server.ping_codes[:-1]) <= {0, 503}
+    response = requests.post(f"{server.url}/invocations", data=_jpeg(Image.new("RGB", (80, 80))),
+                             headers=JPEG, timeout=30)
+    assert response.status_code == 200
+
+
+def test_predictions_equal_the_model_run_in_process(server, trained_model, sample_data):
+    classifier = BreedClassifier.load(trained_model)
+    paths = _test_images(sample_data)
+    for path in paths:
+        response = requests.post(f"{server.url}/invocations", data=path.read_bytes(),
+                                 headers=JPEG, timeout=30)
+        assert response.status_code == 200, response.text
+        assert response.headers["Content-Type"].startswith("application/json")
+        served = response.json()["predictions"][0]
+        expected = classifier.predict([open_rgb(path)])[0]
+        assert len(served) == 5
+        assert served[0]["label"] == expected[0]["label"]
+        assert [p["class_id"] for p in served] == [p["class_id"] for p in expected]
+        for got, want in zip(served, expected):
+            assert got["probability"] == pytest.approx(want["probability"], abs=1e-4)
+
+
+def test_json_instances_are_predicted_as_one_batch(server, sample_data):
+    paths = _test_images(sample_data)[:4]
+    body = {"instances": [base64.b64encode(p.read_bytes()).decode() for p in paths]}
+    response = requests.post(f"{server.url}/invocations", json=body, timeout=30)
+    assert response.status_code == 200
+    batch = response.json()["predictions"]
+    singles = [requests.post(f"{server.url}/invocations", data=p.read_bytes(), headers=JPEG,
+                             timeout=30).json()["predictions"][0] for p in paths]
+    assert [row[0]["label"] for row in batch] == [row[0]["label"] for row in singles]
+
+
+def test_top_k_comes_from_the_custom_attributes_header(server, sample_data):
+    body = _test_images(sample_data)[0].read_bytes()
+    headers = dict(JPEG, **{"X-Amzn-SageMaker-Custom-Attributes": "trace=1,top_k=2"})
+    response = requests.post(f"{server.url}/invocations", data=body, headers=headers, timeout=30)
+    assert [len(row) for row in response.json()["predictions"]] == [2]
+    probabilities = [p["probability"] for p in response.json()["predictions"][0]]
+    assert probabilities == sorted(probabilities, reverse=True)
+
+
+@pytest.mark.parametrize("mode", ["L", "P", "CMYK", "RGBA", "LA", "I;16"])
+def test_any_image_mode_is_converted(server, mode):
+    image = Image.new("RGB", (120, 90), (200, 30, 30)).convert(mode)
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG" if mode in ("L", "CMYK") else "PNG")
+    content_type = "image/jpeg" if mode in ("L", "CMYK") else "image/png"
+    response = requests.post(f"{server.url}/invocations", data=buffer.getvalue(),
+                             headers={"Content-Type": content_type}, timeout=30)
+    assert response.status_code == 200, response.text
+    assert len(response.json()["predictions"][0]) == 5
+
+
+def test_exif_rotation_is_applied(server, sample_data):
+    """A photo stored sideways with an EXIF Orientation tag is predicted upright."""
+    upright = Image.open(_test_images(sample_data)[0]).convert("RGB")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90° clockwise to display
+    sideways = _jpeg(upright.transpose(Image.Transpose.ROTATE_90), exif=exif.tobytes())
+    answers = [requests.post(f"{server.url}/invocations", data=body, headers=JPEG,
+                             timeout=30).json()["predictions"][0]
+               for body in (_jpeg(upright), sideways)]
+    assert answers[0][0]["label"] == answers[1][0]["label"]
+    assert answers[0][0]["probability"] == pytest.approx(answers[1][0]["probability"], abs=0.02)
+
+
+def _truncated_jpeg() -> bytes:
+    data = _jpeg(Image.new("RGB", (200, 200), (10, 200, 10)))
+    return data[: len(data) // 2]
+
+
+def _png(width: int, height: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("L", (width, height)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+BAD_REQUESTS = [
+    ("empty body", b"", JPEG, 400, "empty request body"),
+    ("not an image", b"<html>404</html>", JPEG, 400, "not a decodable JPEG or PNG"),
+    ("truncated JPEG", _truncated_jpeg(), JPEG, 400, "damaged or truncated"),
+    ("decompression bomb", _png(1500, 1000), {"Content-Type": "image/png"}, 400,
+     "1500x1000 pixels, over the limit of 1000000"),
+    ("bad JSON", b"{not json", {"Content-Type": "application/json"}, 400, "not valid JSON"),
+    ("JSON without instances", b'{"images": []}', {"Content-Type": "application/json"}, 400,
+     '{"instances"'),
+    ("bad base64", b'{"instances": ["%%%"]}', {"Content-Type": "application/json"}, 400,
+     "instance 0 is not valid base64"),
+    ("base64 of text", json.dumps({"instances": [base64.b64encode(b"hello").decode()]}).encode(),
+     {"Content-Type": "application/json"}, 400, "instance 0 is not a decodable"),
+    ("bad top_k", _jpeg(Image.new("RGB", (50, 50))),
+     dict(JPEG, **{"X-Amzn-SageMaker-Custom-Attributes": "top_k=zero"}), 400, "top_k must be"),
+    ("payload over the limit", b"\xff" * (1024 * 1024 + 10), JPEG, 413, "over the limit"),
+    ("unsupported Content-Type", b"1,2,3", {"Content-Type": "text/csv"}, 415,
+     "unsupported Content-Type 'text/csv'"),
+    ("unsupported Accept", _jpeg(Image.new("RGB", (50, 50))), dict(JPEG, Accept="text/csv"), 406,
+     "responses are application/json"),
+]
+
+
+@pytest.mark.parametrize("name, body, headers, status, message", BAD_REQUESTS,
+                         ids=[case[0] for case in BAD_REQUESTS])
+def test_bad_request_gets_its_status_and_the_server_keeps_serving(server, sample_data, name,
+                                                                  body, headers, status, message):
+    response = requests.post(f"{server.url}/invocations", data=body, headers=headers, timeout=30)
+    assert response.status_code == status, response.text
+    assert list(response.json()) == ["error"]
+    assert message in response.json()["error"]
+    assert "Traceback" not in response.text
+    good = requests.post(f"{server.url}/invocations", data=_test_images(sample_data)[0].read_bytes(),
+                         headers=JPEG, timeout=30)
+    assert good.status_code == 200
+
+
+def test_eight_concurrent_clients(server, sample_data):
+    bodies = [p.read_bytes() for p in _test_images(sample_data)]
+
+    def client(number: int) -> list[int]:
+        with requests.Session() as session:
+            return [session.post(f"{server.url}/invocations", data=bodies[(number + i) % len(bodies)],
+                                 headers=JPEG, timeout=60).status_code for i in range(25)]
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        codes = [code for codes in pool.map(client, range(8)) for code in codes]
+    assert len(codes) == 200
+    assert set(codes) == {200}
+
+
+def _break_missing_json(model_dir):
+    (model_dir / "model.json").unlink()
+
+
+def _break_weights(model_dir):
+    (model_dir / "model.safetensors").write_bytes(b"this is not a safetensors file")
+
+
+def _break_class_count(model_dir):
+    description = json.loads((model_dir / "model.json").read_text())
+    description["class_names"] = description["class_names"][:-1]
+    (model_dir / "model.json").write_text(json.dumps(description))
+
+
+@pytest.mark.parametrize("breakage, reason", [
+    (None, "does not exist"),
+    (_break_missing_json, "model.json is missing"),
+    (_break_weights, "is not a readable safetensors file"),
+    (_break_class_count, "lists 4 classes but the weights' head has 5 outputs"),
+])
+def test_serve_with_a_broken_model_exits_with_the_reason(trained_model, tmp_path, breakage,
+                                                         reason):
+    if breakage is not None:
+        shutil.copytree(trained_model, tmp_path / "model")
+        breakage(tmp_path / "model")
+    server = RunningServer(tmp_path)
+    with open(server.log, "w") as log:
+        import subprocess
+        import sys
+        result = subprocess.run([sys.executable, "-m", "dogbreed.serve"], env=server.env,
+                                stdout=log, stderr=subprocess.STDOUT, timeout=60)
+    assert result.returncode == 1
+    output = server.log.read_text()
+    assert reason in output and "ERROR cannot serve the model" in output
+    assert model_server_processes(server.runtime_dir) == []  # MMS was never started
+
+
+def test_multi_model_endpoint_serves_each_model_with_its_own_labels(trained_model, tmp_path,
+                                                                    sample_data):
+    other = tmp_path / "other_model"
+    shutil.copytree(trained_model, other)
+    description = json.loads((other / "model.json").read_text())
+    description["class_names"] = [f"Other breed {i}" for i in range(len(description["class_names"]))]
+    (other / "model.json").write_text(json.dumps(description))
+    (tmp_path / "models").mkdir()
+
+    server = RunningServer(tmp_path, SAGEMAKER_MULTI_MODEL="true",
+                           SAGEMAKER_MODEL_SERVER_WORKERS="1").start()
+    try:
+        assert server.ping_codes[-1] == 200  # an MME is healthy with no model loaded
+        for name, path in (("dogs", trained_model), ("others", other)):
+            loaded = requests.post(f"{server.url}/models", json={"model_name": name, "url": str(path)},
+                                   timeout=120)
+            assert loaded.status_code == 200, loaded.text
+        body = _test_images(sample_data)[0].read_bytes()
+        labels = {}
+        for name in ("dogs", "others"):
+            response = requests.post(f"{server.url}/models/{name}/invoke", data=body, headers=JPEG,
+                                     timeout=60)
+            assert response.status_code == 200, response.text
+            labels[name] = {p["label"] for p in response.json()["predictions"][0]}
+        assert labels["dogs"] <= set(json.loads((trained_model / "model.json").read_text())["class_names"])
+        assert all(label.startswith("Other breed") for label in labels["others"])
+        assert requests.delete(f"{server.url}/models/others", timeout=60).status_code == 200
+        gone = requests.post(f"{server.url}/models/others/invoke", data=body, headers=JPEG, timeout=60)
+        assert gone.status_code == 404 and list(gone.json()) == ["error"]
+    finally:
+        assert server.stop() == 0
