@@ -7,7 +7,10 @@ import base64
 import io
 import json
 import shutil
+import socket
+import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import requests
@@ -26,9 +29,12 @@ def server(trained_model, tmp_path_factory):
     (base / "model").symlink_to(trained_model)
     # Low limits, so the over-limit requests below stay small.
     running = RunningServer(base, SAGEMAKER_MAX_PAYLOAD_IN_MB="1",
-                            DOGBREED_MAX_IMAGE_PIXELS="1000000").start()
+                            DOGBREED_MAX_IMAGE_PIXELS="1000000",
+                            DOGBREED_MAX_REQUEST_PIXELS="2000000").start()
     yield running
+    started = time.monotonic()
     assert running.stop() == 0
+    assert time.monotonic() - started < 10  # SIGTERM: everything down in seconds
     assert model_server_processes(running.runtime_dir) == []  # Java and workers are gone
 
 
@@ -42,12 +48,22 @@ def _test_images(sample_data) -> list:
     return sorted((sample_data / "test").rglob("*.jpg"))
 
 
-def test_ping_turns_200_only_once_a_worker_answers(server):
-    assert server.ping_codes[0] != 200  # not healthy from the first moment
-    assert set(server.ping_codes[:-1]) <= {0, 503}
-    response = requests.post(f"{server.url}/invocations", data=_jpeg(Image.new("RGB", (80, 80))),
-                             headers=JPEG, timeout=30)
-    assert response.status_code == 200
+def test_ping_stays_503_while_the_workers_load_the_model(trained_model, tmp_path):
+    """MMS calls a worker READY before model_fn has run; /ping must wait for a prediction."""
+    (tmp_path / "model").symlink_to(trained_model)
+    slow = RunningServer(tmp_path, SAGEMAKER_MODEL_SERVER_WORKERS="1",
+                         DOGBREED_TEST_SLOW_WARMUP="8",
+                         PYTHONPATH=str(Path(__file__).parent / "slow_worker"))
+    slow.start()
+    try:
+        assert slow.ping_codes.count(503) >= 20  # >= 4 s of "not ready" while loading
+        started = time.monotonic()
+        response = requests.post(f"{slow.url}/invocations",
+                                 data=_jpeg(Image.new("RGB", (80, 80))), headers=JPEG, timeout=30)
+        assert response.status_code == 200
+        assert time.monotonic() - started < 3  # answered at once: the model was loaded
+    finally:
+        assert slow.stop() == 0
 
 
 def test_predictions_equal_the_model_run_in_process(server, trained_model, sample_data):
@@ -139,6 +155,15 @@ BAD_REQUESTS = [
     ("bad top_k", _jpeg(Image.new("RGB", (50, 50))),
      dict(JPEG, **{"X-Amzn-SageMaker-Custom-Attributes": "top_k=zero"}), 400, "top_k must be"),
     ("payload over the limit", b"\xff" * (1024 * 1024 + 10), JPEG, 413, "over the limit"),
+    ("too many pixels in one request",
+     json.dumps({"instances": [base64.b64encode(_png(900, 1000)).decode()] * 3}).encode(),
+     {"Content-Type": "application/json"}, 413, "2700000 pixels together"),
+    ("JSON not UTF-8", b'{"instances": ["\xff\xfe"]}', {"Content-Type": "application/json"}, 400,
+     "not valid JSON"),
+    ("JSON nested too deeply", b"[" * 100000, {"Content-Type": "application/json"}, 400,
+     "not valid JSON"),
+    ("non-ASCII Accept", _jpeg(Image.new("RGB", (50, 50))),
+     dict(JPEG, Accept="text/\u00e9t\u00e9"), 406, "cannot answer with"),
     ("unsupported Content-Type", b"1,2,3", {"Content-Type": "text/csv"}, 415,
      "unsupported Content-Type 'text/csv'"),
     ("unsupported Accept", _jpeg(Image.new("RGB", (50, 50))), dict(JPEG, Accept="text/csv"), 406,
@@ -242,3 +267,61 @@ def test_multi_model_endpoint_serves_each_model_with_its_own_labels(trained_mode
         assert gone.status_code == 404 and list(gone.json()) == ["error"]
     finally:
         assert server.stop() == 0
+
+
+def test_header_names_in_any_case(server, sample_data):
+    body = _test_images(sample_data)[0].read_bytes()
+    ok = requests.post(f"{server.url}/invocations", data=body,
+                       headers={"CONTENT-TYPE": "image/jpeg"}, timeout=30)
+    assert ok.status_code == 200
+    refused = requests.post(f"{server.url}/invocations", data=body,
+                            headers={"content-type": "image/jpeg", "ACCEPT": "text/csv"}, timeout=30)
+    assert refused.status_code == 406
+
+
+@pytest.mark.parametrize("method, path", [
+    ("DELETE", "/models/model"),                  # would unload the model for good
+    ("PUT", "/models/model?min_worker=3"),        # would start more workers
+    ("POST", "/models?url=/etc&model_name=etc"),  # would load from any path
+    ("GET", "/models"),
+    ("OPTIONS", "/invocations"),
+    ("HEAD", "/invocations"),
+])
+def test_management_api_and_other_routes_are_not_public(server, sample_data, method, path):
+    response = requests.request(method, f"{server.url}{path}", timeout=30)
+    assert response.status_code == 404
+    if method != "HEAD":
+        assert "error" in response.json()
+    assert requests.get(f"{server.url}/ping", timeout=10).status_code == 200
+    good = requests.post(f"{server.url}/invocations", data=_test_images(sample_data)[0].read_bytes(),
+                         headers=JPEG, timeout=30)
+    assert good.status_code == 200
+
+
+def _raw_exchange(server, request: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as connection:
+        connection.sendall(request)
+        chunks = []
+        while chunk := connection.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@pytest.mark.parametrize("headers, status", [
+    (b"Content-Length: -1\r\n", b"400"),
+    (b"Content-Length: abc\r\n", b"400"),
+    (b"Content-Length: 5\r\nContent-Length: 7\r\n", b"400"),
+    (b"Transfer-Encoding: chunked\r\n", b"411"),
+])
+def test_bad_framing_is_refused_and_the_connection_closed(server, headers, status):
+    """The server answers and closes (recv returns at EOF, not at the 30 s timeout)."""
+    answer = _raw_exchange(server, b"POST /invocations HTTP/1.1\r\nHost: x\r\n"
+                                   b"Content-Type: image/jpeg\r\n" + headers + b"\r\nhello")
+    assert answer.startswith(b"HTTP/1.1 " + status)
+    assert b'{"error": ' in answer
+
+
+def test_malformed_request_line_gets_a_json_error(server):
+    answer = _raw_exchange(server, b"NOT A REQUEST\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 400")
+    assert b'{"error": ' in answer

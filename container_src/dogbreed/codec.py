@@ -25,11 +25,14 @@ JSON_CONTENT_TYPE = "application/json"
 ACCEPTABLE = ("application/json", "*/*", "application/*")
 MAX_PIXELS_ENV = "DOGBREED_MAX_IMAGE_PIXELS"
 MAX_INSTANCES_ENV = "DOGBREED_MAX_INSTANCES"
+MAX_REQUEST_PIXELS_ENV = "DOGBREED_MAX_REQUEST_PIXELS"
 MAX_PAYLOAD_ENV = "SAGEMAKER_MAX_PAYLOAD_IN_MB"
 # A 12-megapixel phone photo is 12e6; 40e6 leaves room while a decompression bomb
 # (a small file that decodes to gigabytes) is refused before it is decoded.
 DEFAULT_MAX_PIXELS = 40_000_000
 DEFAULT_MAX_INSTANCES = 64
+# All images of one request together: about 8 phone photos (each decodes to ~36 MB).
+DEFAULT_MAX_REQUEST_PIXELS = 100_000_000
 DEFAULT_MAX_PAYLOAD_MB = 6  # SageMaker's own limit for real-time endpoints
 MAX_TOP_K = 1000
 _TOP_K = re.compile(r"(?:^|[,;\s])top_k=([^,;\s]*)")
@@ -48,6 +51,7 @@ class ClientError(Exception):
 class Limits:
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_instances: int = DEFAULT_MAX_INSTANCES
+    max_request_pixels: int = DEFAULT_MAX_REQUEST_PIXELS
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_MB * 1024 * 1024
 
     @classmethod
@@ -55,6 +59,8 @@ class Limits:
         return cls(
             max_pixels=int(os.environ.get(MAX_PIXELS_ENV, DEFAULT_MAX_PIXELS)),
             max_instances=int(os.environ.get(MAX_INSTANCES_ENV, DEFAULT_MAX_INSTANCES)),
+            max_request_pixels=int(os.environ.get(MAX_REQUEST_PIXELS_ENV,
+                                                  DEFAULT_MAX_REQUEST_PIXELS)),
             max_payload_bytes=int(float(os.environ.get(MAX_PAYLOAD_ENV, DEFAULT_MAX_PAYLOAD_MB))
                                   * 1024 * 1024))
 
@@ -97,15 +103,21 @@ def decode_images(body: bytes, content_type: str | None, limits: Limits) -> list
                                '{"instances": ["<base64 image>", ...]}')
     if isinstance(body, str):
         body = body.encode("utf-8")
+    body = bytes(body)
     if not body:
         raise ClientError(400, "empty request body: send an image")
     if len(body) > limits.max_payload_bytes:
         raise ClientError(413, f"payload of {len(body)} bytes is over the limit of "
                                f"{limits.max_payload_bytes} bytes")
-    if kind != JSON_CONTENT_TYPE:
-        return [_decode_image(body, limits, "the body")]
-    return [_decode_image(raw, limits, f"instance {i}")
-            for i, raw in enumerate(_json_instances(body, limits))]
+    raws = [body] if kind != JSON_CONTENT_TYPE else _json_instances(body, limits)
+    names = ["the body"] if kind != JSON_CONTENT_TYPE else [f"instance {i}" for i in range(len(raws))]
+    # Every header first, then decode: many small files of huge images would otherwise
+    # take the worker's memory before the total is known.
+    total = sum(_pixels(raw, limits, name) for raw, name in zip(raws, names))
+    if total > limits.max_request_pixels:
+        raise ClientError(413, f"the request's images hold {total} pixels together, over the "
+                               f"limit of {limits.max_request_pixels}; send fewer per request")
+    return [_decode_image(raw, name) for raw, name in zip(raws, names)]
 
 
 def encode_predictions(predictions: list[list[dict[str, Any]]]) -> str:
@@ -121,6 +133,8 @@ def _json_instances(body: bytes, limits: Limits) -> list[bytes]:
         document = json.loads(body)
     except (ValueError, UnicodeDecodeError) as error:
         raise ClientError(400, f"body is not valid JSON: {error}") from None
+    except RecursionError:
+        raise ClientError(400, "body is not valid JSON: nested too deeply") from None
     instances = document.get("instances") if isinstance(document, dict) else None
     if not isinstance(instances, list) or not instances:
         raise ClientError(400, 'JSON body must be {"instances": ["<base64 image>", ...]} with '
@@ -141,7 +155,8 @@ def _json_instances(body: bytes, limits: Limits) -> list[bytes]:
     return decoded
 
 
-def _decode_image(data: bytes, limits: Limits, what: str) -> Image.Image:
+def _pixels(data: bytes, limits: Limits, what: str) -> int:
+    """width x height from the image header alone; refuses one image over the limit."""
     if not data:
         raise ClientError(400, f"{what} is empty")
     try:
@@ -154,6 +169,10 @@ def _decode_image(data: bytes, limits: Limits, what: str) -> Image.Image:
     if width * height > limits.max_pixels:
         raise ClientError(400, f"{what} is {width}x{height} pixels, over the limit of "
                                f"{limits.max_pixels} pixels")
+    return width * height
+
+
+def _decode_image(data: bytes, what: str) -> Image.Image:
     try:
         return open_rgb(io.BytesIO(data))
     except Exception:

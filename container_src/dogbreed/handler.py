@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import traceback
+from http import HTTPStatus
 
 import torch
 from sagemaker_inference.errors import BaseInferenceToolkitError, GenericInferenceToolkitError
@@ -39,14 +40,10 @@ def model_fn(model_dir: str, context=None) -> BreedClassifier:
 
 
 def input_fn(input_data: bytes, content_type: str, context=None):
-    """Images and the requested top-k of one request."""
+    """Images and the requested top-k of one request (ClientError becomes its 4xx)."""
     headers = _request_headers(context)
-    try:
-        images = decode_images(input_data, content_type, Limits.from_environment())
-        top_k = parse_top_k(headers.get(CUSTOM_ATTRIBUTES), DEFAULT_TOP_K)
-    except ClientError as error:
-        raise GenericInferenceToolkitError(error.status, error.message) from None
-    return images, top_k
+    images = decode_images(input_data, content_type, Limits.from_environment())
+    return images, parse_top_k(headers.get(CUSTOM_ATTRIBUTES), DEFAULT_TOP_K)
 
 
 def predict_fn(data, model: BreedClassifier):
@@ -59,17 +56,45 @@ def output_fn(prediction, accept: str):
 
 
 class BreedTransformer(Transformer):
+    """The toolkit's Transformer with its request loop replaced: bodies stay bytes (the
+    toolkit decodes JSON bodies as UTF-8 first and answers 500 when that fails), headers
+    are read case-insensitively (the toolkit matches a few spellings only), Accept is
+    checked before the model runs, and errors answer JSON with a standard reason phrase
+    (MMS frames the phrase by characters but writes UTF-8 bytes: a non-ASCII phrase
+    kills the worker)."""
+
     def _validate_user_module_and_set_functions(self):
+        # Always these handlers: the toolkit would take any importable `inference` module.
         self._model_fn, self._input_fn = model_fn, input_fn
         self._predict_fn, self._output_fn = predict_fn, output_fn
-        self._transform_fn = self._transform_with_checks
+        self._transform_fn = self._default_transform_fn
 
-    def _transform_with_checks(self, model, input_data, content_type, accept, context=None):
+    def transform(self, data, context):
         try:
-            check_accept(accept if accept != self._environment.default_accept else None)
+            self.validate_and_initialize(
+                model_dir=context.system_properties.get("model_dir"), context=context)
+        except Exception:  # a failed model_fn must not leave a traceback in bodies
+            return self.handle_error(context, GenericInferenceToolkitError(
+                503, "model not loaded"), traceback.format_exc())
+        responses = []
+        try:
+            for index, request in enumerate(data):
+                headers = _request_headers(context, index)
+                check_accept(headers.get("accept"))
+                body, content_type = self._transform_fn(
+                    self._model, request.get("body") or b"", headers.get("content-type"),
+                    JSON, context)
+                context.set_response_content_type(index, content_type)
+                responses.append(body)
         except ClientError as error:
-            raise GenericInferenceToolkitError(error.status, error.message) from None
-        return self._default_transform_fn(model, input_data, content_type, accept, context)
+            return self.handle_error(context, GenericInferenceToolkitError(
+                error.status, error.message), "")
+        except BaseInferenceToolkitError as error:
+            return self.handle_error(context, error, traceback.format_exc())
+        except Exception as error:
+            return self.handle_error(context, GenericInferenceToolkitError(500, str(error)),
+                                     traceback.format_exc())
+        return responses
 
     @staticmethod
     def handle_error(context, inference_exception: BaseInferenceToolkitError, trace):
@@ -79,26 +104,20 @@ class BreedTransformer(Transformer):
             message = "internal error while predicting; see the endpoint's log"
         else:
             message = inference_exception.message
-        context.set_response_status(code=status, phrase=inference_exception.phrase or "")
+        try:
+            phrase = HTTPStatus(status).phrase
+        except ValueError:
+            phrase = "Error"
+        context.set_response_status(code=status, phrase=phrase)
         context.set_response_content_type(0, JSON)
         return [encode_error(message)]
 
-    def transform(self, data, context):
-        if not self._initialized:  # a failed model_fn must not leave a traceback in bodies
-            try:
-                self.validate_and_initialize(
-                    model_dir=context.system_properties.get("model_dir"), context=context)
-            except Exception:
-                return self.handle_error(context, GenericInferenceToolkitError(
-                    503, "model not loaded"), traceback.format_exc())
-        return super().transform(data, context)
 
-
-def _request_headers(context) -> dict[str, str]:
-    """This request's headers, lower-cased names (MMS keeps them as the client sent them)."""
+def _request_headers(context, index: int = 0) -> dict[str, str]:
+    """Request `index`'s headers, lower-cased names (MMS keeps them as the client sent them)."""
     if context is None or not getattr(context, "request_processor", None):
         return {}
-    properties = context.request_processor[0].get_request_properties() or {}
+    properties = context.request_processor[index].get_request_properties() or {}
     return {str(name).lower(): value for name, value in properties.items()
             if isinstance(value, str)}
 

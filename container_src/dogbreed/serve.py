@@ -20,9 +20,11 @@ folder; a fresh temporary one by default).
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -31,9 +33,12 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, replace
+from http import HTTPStatus
 from http import client as http_client
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+
+from PIL import Image
 
 from dogbreed.codec import DEFAULT_MAX_PAYLOAD_MB, encode_error
 
@@ -59,12 +64,15 @@ class ServeSettings:
     startup_timeout: int
     model_dir: Path
     runtime_dir: Path
+    runtime_dir_is_temporary: bool = False
 
     @classmethod
     def from_environment(cls) -> "ServeSettings":
         base = Path(os.environ.get("SAGEMAKER_BASE_DIR", "/opt/ml"))
         multi_model = os.environ.get("SAGEMAKER_MULTI_MODEL", "false").lower() == "true"
-        runtime = os.environ.get("DOGBREED_SERVE_DIR") or tempfile.mkdtemp(prefix="dogbreed-serve-")
+        runtime = os.environ.get("DOGBREED_SERVE_DIR")
+        temporary = not runtime
+        runtime = runtime or tempfile.mkdtemp(prefix="dogbreed-serve-")
         try:
             return cls(
                 port=int(os.environ.get("SAGEMAKER_BIND_TO_PORT", "8080")),
@@ -76,6 +84,7 @@ class ServeSettings:
                 startup_timeout=int(os.environ.get("SAGEMAKER_STARTUP_TIMEOUT", "600")),
                 model_dir=base / ("models" if multi_model else "model"),
                 runtime_dir=Path(runtime),
+                runtime_dir_is_temporary=temporary,
             )
         except ValueError as error:
             raise ServeError(f"bad serving setting: {error}") from None
@@ -162,6 +171,9 @@ class ModelServer:
                    # another server: give each server its own.
                    TMPDIR=str(self.settings.runtime_dir / "tmp"))
         (self.settings.runtime_dir / "tmp").mkdir(exist_ok=True)
+        # A pid file left by an earlier run in the same folder makes MMS refuse to start
+        # whenever that pid is alive again (likely in a container).
+        (self.settings.runtime_dir / "tmp" / ".model_server.pid").unlink(missing_ok=True)
         self.process = subprocess.Popen(command, cwd=self.settings.runtime_dir, env=env,
                                         start_new_session=True)
 
@@ -178,15 +190,27 @@ class ModelServer:
             os.killpg(group, signal.SIGTERM)
         except ProcessLookupError:
             return
-        deadline = time.monotonic() + grace_seconds
+        if self._wait_for_group(group, grace_seconds):
+            return
+        os.killpg(group, signal.SIGKILL)
+        self._wait_for_group(group, 5)
+
+    def _wait_for_group(self, group: int, seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             self.process.poll()  # reap our own child, or the group never looks empty
+            if os.getpid() == 1:  # PID 1 (no tini) inherits the orphaned JVM: reap it too
+                try:
+                    while os.waitpid(-1, os.WNOHANG)[0] > 0:
+                        pass
+                except ChildProcessError:
+                    pass
             try:
                 os.killpg(group, 0)
             except ProcessLookupError:
-                return
+                return True
             time.sleep(0.1)
-        os.killpg(group, signal.SIGKILL)
+        return False
 
     def request(self, method: str, path: str, body: bytes | None = None,
                 headers: dict | None = None, timeout: float | None = None):
@@ -212,7 +236,10 @@ class ModelServer:
             return False
         if status != 200:
             return False
-        described = json.loads(body)
+        try:
+            described = json.loads(body)
+        except ValueError:
+            return False
         models = described if isinstance(described, list) else [described]
         return any(worker.get("status") == "READY"
                    for model in models for worker in model.get("workers", []))
@@ -228,9 +255,16 @@ class Front(ThreadingHTTPServer):
         self._ready_at = 0.0
         self._ready = False
         self._lock = threading.Lock()
+        # MMS calls a worker READY when its load job is queued, before model_fn has run:
+        # a real prediction must have come back once before /ping may say 200.
+        self.answered_once = threading.Event()
+        if backend.settings.multi_model:
+            self.answered_once.set()
         super().__init__(("0.0.0.0", port), FrontHandler)
 
     def ready(self) -> bool:
+        if not self.answered_once.is_set():
+            return False
         with self._lock:
             now = time.monotonic()
             if now - self._ready_at > READY_CACHE_SECONDS:
@@ -243,46 +277,69 @@ class FrontHandler(BaseHTTPRequestHandler):
     # Headers and body go out in two writes; with Nagle on, the client's delayed ACK
     # stalls the body ~40 ms (measured: +45 ms per request before this line).
     disable_nagle_algorithm = True
+    timeout = 120  # an idle keep-alive connection gives its thread back
     server: Front
 
     def do_GET(self):
-        if self.path.split("?")[0] == "/ping":
+        self._handle()
+
+    do_POST = do_PUT = do_DELETE = do_HEAD = do_OPTIONS = do_PATCH = do_GET
+
+    def _handle(self):
+        body = self._read_body()
+        if body is None:
+            return
+        path = self.path.split("?")[0]
+        if self.command == "GET" and path == "/ping":
             ready = self.server.ready()
-            self._answer(200 if ready else 503,
-                         json.dumps({"status": "Healthy" if ready else "not ready"}).encode())
-        else:
-            self._forward()
-
-    def do_POST(self):
-        self._forward()
-
-    do_PUT = do_DELETE = do_POST
-
-    def _forward(self):
-        length = self.headers.get("Content-Length")
-        if length is None and self.command in ("POST", "PUT"):
-            if self.headers.get("Transfer-Encoding"):
-                self.close_connection = True
-                return self._error(411, "send a Content-Length (chunked bodies are not accepted)")
-            length = "0"
-        size = int(length or 0)
-        limit = self.server.backend.settings.max_payload_bytes
-        if size > limit:
-            self.close_connection = True  # the unread body must not be taken for a request
-            return self._error(413, f"payload of {size} bytes is over the limit of {limit} bytes")
-        body = self.rfile.read(size) if size else None
+            return self._answer(200 if ready else 503, json.dumps(
+                {"status": "Healthy" if ready else "not ready"}).encode())
+        if not _allowed(self.command, path, self.server.backend.settings.multi_model):
+            return self._error(404, f"no endpoint {self.command} {path}")
         headers = {name: value for name, value in self.headers.items()
                    if name.lower() not in HOP_BY_HOP}
         try:
             status, response_headers, data = self.server.backend.request(
                 self.command, self.path, body, headers)
-        except OSError as error:
+        except (OSError, http_client.HTTPException) as error:
             return self._error(503, f"model server unavailable: {error}")
         content_type = dict((k.lower(), v) for k, v in response_headers).get(
             "content-type", "application/json")
         if status >= 400:
             data, content_type = _as_error_body(data), "application/json"
         self._answer(status, data, content_type)
+
+    def _read_body(self) -> bytes | None:
+        """The request body, or None after answering an error (and closing: a body left
+        unread would be parsed as the next request on this connection)."""
+        if self.headers.get("Transfer-Encoding"):
+            self.close_connection = True
+            self._error(411, "send a Content-Length (chunked bodies are not accepted)")
+            return None
+        lengths = self.headers.get_all("Content-Length") or []
+        if not lengths:
+            return b""
+        if len(set(lengths)) != 1 or not lengths[0].strip().isdigit():
+            self.close_connection = True
+            self._error(400, f"bad Content-Length {', '.join(lengths)!r}")
+            return None
+        size = int(lengths[0])
+        limit = self.server.backend.settings.max_payload_bytes
+        if size > limit:
+            self.close_connection = True
+            self._error(413, f"payload of {size} bytes is over the limit of {limit} bytes")
+            return None
+        return self.rfile.read(size)
+
+    def send_error(self, code, message=None, explain=None):
+        """http.server's own errors (bad request line, headers too long) as JSON too."""
+        self.close_connection = True
+        if self.request_version == "HTTP/0.9":  # an unparsable request line: answer in 1.1
+            self.request_version = "HTTP/1.1"
+        try:
+            self._error(code, message or HTTPStatus(code).phrase)
+        except (OSError, ValueError):
+            pass
 
     def _error(self, status: int, message: str):
         self._answer(status, encode_error(message).encode())
@@ -291,11 +348,30 @@ class FrontHandler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
+        if self.close_connection:
+            self.send_header("Connection", "close")
         self.end_headers()
-        self.wfile.write(body)
+        if self.command != "HEAD":
+            self.wfile.write(body)
 
     def log_message(self, format, *args):  # MMS already writes an access log
         pass
+
+
+def _allowed(method: str, path: str, multi_model: bool) -> bool:
+    """The SageMaker routes only. Single model: invocations. Multi-model: the model
+    management SageMaker uses as well; MMS's other management calls (scaling workers,
+    loading from any path) stay off the public port."""
+    if method == "POST" and path == "/invocations":
+        return not multi_model
+    if not multi_model:
+        return False
+    parts = path.strip("/").split("/")
+    if parts == ["models"]:
+        return method in ("GET", "POST")
+    if len(parts) == 2 and parts[0] == "models":
+        return method in ("GET", "DELETE")
+    return len(parts) == 3 and parts[0] == "models" and parts[2] == "invoke" and method == "POST"
 
 
 def _as_error_body(data: bytes) -> bytes:
@@ -340,15 +416,15 @@ def serve(settings: ServeSettings) -> int:
         front = Front(settings.port, backend)
     except OSError as error:
         raise ServeError(f"cannot listen on port {settings.port}: {error}") from None
-    backend.start()
     stopping = threading.Event()
 
     def stop(signum, frame):
         stopping.set()
         threading.Thread(target=front.shutdown, daemon=True).start()
 
-    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGTERM, stop)  # before MMS starts: a SIGTERM must not orphan it
     signal.signal(signal.SIGINT, stop)
+    backend.start()
     threading.Thread(target=_watch, args=(front, backend, settings, stopping),
                      daemon=True).start()
     print(f"serving on port {settings.port} with {settings.workers} worker(s); MMS on "
@@ -358,6 +434,8 @@ def serve(settings: ServeSettings) -> int:
     finally:
         front.server_close()
         backend.stop()
+        if settings.runtime_dir_is_temporary:
+            shutil.rmtree(settings.runtime_dir, ignore_errors=True)
     if not stopping.is_set():
         print("ERROR the model server stopped or never became ready; see its log above",
               file=sys.stderr, flush=True)
@@ -365,18 +443,35 @@ def serve(settings: ServeSettings) -> int:
     return 0
 
 
+def _probe_image() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), (128, 128, 128)).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
 def _watch(front: Front, backend: ModelServer, settings: ServeSettings,
            stopping: threading.Event) -> None:
-    """Log readiness once; end serve if MMS dies or never becomes ready."""
+    """Until a first prediction comes back, probe; then log readiness once. End serve if
+    MMS dies or no prediction came back within the startup timeout."""
     started = time.monotonic()
+    probe = _probe_image()
     announced = False
-    while not stopping.is_set():
-        if not backend.alive():
-            break
+    while not stopping.is_set() and backend.alive():
+        if not front.answered_once.is_set():
+            try:  # queued by MMS until a worker has loaded; bounded by the request timeout
+                status = backend.request("POST", "/invocations", probe,
+                                         {"Content-Type": "image/jpeg"})[0]
+            except (OSError, http_client.HTTPException):
+                status = 0
+            if status == 200:
+                front.answered_once.set()
         if not announced and front.ready():
             print(f"ready after {time.monotonic() - started:.1f} s", flush=True)
             announced = True
-        if not announced and time.monotonic() - started > settings.startup_timeout:
+        if not front.answered_once.is_set() and \
+                time.monotonic() - started > settings.startup_timeout:
+            print(f"ERROR no prediction within {settings.startup_timeout} s "
+                  "(SAGEMAKER_STARTUP_TIMEOUT)", file=sys.stderr, flush=True)
             break
         time.sleep(0.25)
     if not stopping.is_set():
