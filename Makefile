@@ -8,11 +8,11 @@ VENV := .venv
 VENV_PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv java demo test benchmark clean
+.PHONY: venv java demo test benchmark build test-base clean
 
 venv: $(STAMP)
 
-$(STAMP): requirements/train.txt requirements/serve.txt requirements/dev.txt requirements/constraints.txt container_src/pyproject.toml
+$(STAMP): requirements/model.txt requirements/train.txt requirements/serve.txt requirements/dev.txt requirements/constraints.txt container_src/pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), sys.version' 2>/dev/null || \
 		{ echo "error: $(PYTHON) must be Python 3.11 (torch 2.14.1 wheels); set PYTHON=python3.11" >&2; exit 1; }
 	@test -x $(VENV_PYTHON) || $(PYTHON) -m venv $(VENV) || \
@@ -37,6 +37,15 @@ test: venv java
 benchmark: venv java
 	$(VENV_PYTHON) benchmarks/train_throughput.py
 	$(VENV_PYTHON) benchmarks/serve_latency.py
+
+# The base, training and serving images (docker/build.sh says which settings it takes:
+# BASE_IMAGE, IMAGENET_WEIGHTS, TAG).
+build: venv
+	bash docker/build.sh
+
+# A registry-free Debian base for building the images on machines without Docker Hub.
+test-base:
+	bash docker/test_base.sh
 
 clean:
 	rm -rf demo_output benchmarks/output .pytest_cache

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# `make build`: the shared base image, then the training and serving images, each tagged
+# with the git commit and `latest`. Hermetic: wheels are resolved on the host into
+# build/wheelhouse/ and installed with --no-index, so no build step reaches PyPI (or
+# trips over a TLS-intercepting proxy). Each image gets a small build context of its own
+# under build/context/ (hard links), so the 3 GB of torch wheels go to the engine once.
+#
+# Settings (environment):
+#   BASE_IMAGE        OS image to start from (default debian:bookworm-slim; tests pass a
+#                     local debootstrap'd bookworm, docker/test_base.sh)
+#   IMAGENET_WEIGHTS  download (default) | skip | PATH to resnet50-11ad3fa6.pth
+#   TAG               image tag besides latest (default: the git commit)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-.venv/bin/python}
+BASE_IMAGE=${BASE_IMAGE:-debian:bookworm-slim}
+IMAGENET_WEIGHTS=${IMAGENET_WEIGHTS:-download}
+TAG=${TAG:-$(git rev-parse --short HEAD 2>/dev/null || echo dev)}
+
+command -v docker >/dev/null || { echo "error: no docker command: install Docker (apt-get install docker.io)" >&2; exit 1; }
+docker info >/dev/null 2>&1 || { echo "error: the Docker engine is not running (start dockerd), or this user may not use it" >&2; exit 1; }
+
+for part in model train serve; do
+  wheels=build/wheelhouse/$part
+  if [ ! -f "$wheels/.complete" ] || [ "requirements/$part.txt" -nt "$wheels/.complete" ] \
+      || [ requirements/constraints.txt -nt "$wheels/.complete" ]; then
+    echo "resolving wheels for requirements/$part.txt into $wheels"
+    rm -rf "$wheels"
+    "$PYTHON" -m pip wheel --quiet --disable-pip-version-check -w "$wheels" \
+      -r "requirements/$part.txt" -c requirements/constraints.txt
+    touch "$wheels/.complete"
+  fi
+done
+
+context() {  # context NAME WHEELS: build/context/NAME with what one Dockerfile copies
+  local dir=build/context/$1
+  rm -rf "$dir" && mkdir -p "$dir/docker" "$dir/weights"
+  cp -al requirements "$dir/requirements"
+  cp -al "build/wheelhouse/$2" "$dir/wheelhouse"
+  cp -a docker/entrypoints "$dir/docker/entrypoints"
+  # the dogbreed package as a wheel built here: the image needs no build backend
+  "$PYTHON" -m pip wheel --quiet --disable-pip-version-check --no-deps --no-build-isolation \
+    -w "$dir/dist" ./container_src >/dev/null
+  rm -rf container_src/build  # setuptools' scratch folder
+  echo "$dir"
+}
+
+weights_mode=$IMAGENET_WEIGHTS
+train_context=$(context train train)
+if [ "$IMAGENET_WEIGHTS" != download ] && [ "$IMAGENET_WEIGHTS" != skip ]; then
+  [ -f "$IMAGENET_WEIGHTS" ] || { echo "error: IMAGENET_WEIGHTS=$IMAGENET_WEIGHTS: no such file" >&2; exit 1; }
+  cp "$IMAGENET_WEIGHTS" "$train_context/weights/"
+  weights_mode=copy
+fi
+
+build() {  # build IMAGE DOCKERFILE CONTEXT [ARGS...]
+  local image=$1 dockerfile=$2 dir=$3; shift 3
+  local started=$SECONDS
+  docker build --quiet --platform linux/amd64 -f "$dockerfile" -t "$image:$TAG" -t "$image:latest" "$@" "$dir" >/dev/null
+  echo "built $image:$TAG in $((SECONDS - started)) s, $(docker image inspect -f '{{.Size}}' "$image:$TAG" | awk '{printf "%.2f GB", $1/1e9}')"
+}
+build dogbreed-base docker/base.Dockerfile "$(context base model)" --build-arg "BASE_IMAGE=$BASE_IMAGE"
+build dogbreed-train docker/train.Dockerfile "$train_context" \
+  --build-arg "DOGBREED_BASE=dogbreed-base:$TAG" --build-arg "IMAGENET_WEIGHTS=$weights_mode"
+build dogbreed-serve docker/serve.Dockerfile "$(context serve serve)" \
+  --build-arg "DOGBREED_BASE=dogbreed-base:$TAG"
