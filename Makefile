@@ -8,7 +8,7 @@ VENV := .venv
 VENV_PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv java demo test benchmark build test-base clean
+.PHONY: venv java demo test unit-test local-mode-test benchmark build test-base clean
 
 venv: $(STAMP)
 
@@ -31,8 +31,23 @@ java:
 			apt-get update -qq && apt-get install -y -qq default-jre-headless >/dev/null; \
 		else echo "error: Java 17 is needed: sudo apt-get install default-jre-headless" >&2; exit 1; fi; }
 
-test: venv java
+# Unit and process-backend tests, then the images under SageMaker local mode. Without a
+# Docker engine the local-mode part is skipped with a loud warning, except in CI.
+test: unit-test
+	@if bash docker/engine.sh; then $(MAKE) --no-print-directory local-mode-test; \
+	elif [ "$${CI:-}" = true ]; then echo "error: CI must run the local-mode tests" >&2; exit 1; \
+	else echo; echo "!!! WARNING: no Docker engine: the local-mode tests did NOT run !!!"; echo; fi
+
+unit-test: venv java
 	$(VENV_PYTHON) -m pytest
+
+# The images built from a registry-free Debian base, then driven by the SageMaker SDK.
+# LOCAL_MODE_INSTANCE_TYPE=local_gpu runs them on an NVIDIA GPU (needs compose v2).
+local-mode-test: venv
+	bash docker/engine.sh
+	bash docker/test_base.sh
+	BASE_IMAGE=dogbreed-test-base:bookworm IMAGENET_WEIGHTS=skip TAG=test bash docker/build.sh
+	$(VENV_PYTHON) -m pytest local_mode_tests
 
 benchmark: venv java
 	$(VENV_PYTHON) benchmarks/train_throughput.py
@@ -41,10 +56,12 @@ benchmark: venv java
 # The base, training and serving images (docker/build.sh says which settings it takes:
 # BASE_IMAGE, IMAGENET_WEIGHTS, TAG).
 build: venv
+	bash docker/engine.sh
 	bash docker/build.sh
 
 # A registry-free Debian base for building the images on machines without Docker Hub.
 test-base:
+	bash docker/engine.sh
 	bash docker/test_base.sh
 
 clean:
