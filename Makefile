@@ -8,7 +8,7 @@ VENV := .venv
 VENV_PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv java demo test unit-test local-mode-test benchmark build test-base clean
+.PHONY: venv java demo test unit-test local-mode-test benchmark build push test-base clean
 
 venv: $(STAMP)
 
@@ -58,6 +58,11 @@ benchmark: venv java
 build: venv
 	bash docker/engine.sh
 	bash docker/build.sh
+
+# Create the ECR repositories if missing, log in, tag and push; the URIs go to
+# build/images.json. Account and region from the AWS configuration (TAG, REGION override).
+push: venv
+	$(VENV_PYTHON) -m launcher.ecr_push $(if $(TAG),--tag $(TAG)) $(if $(REGION),--region $(REGION))
 
 # A registry-free Debian base for building the images on machines without Docker Hub.
 test-base:
