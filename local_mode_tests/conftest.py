@@ -20,6 +20,7 @@ TRAIN_IMAGE = os.environ.get("LOCAL_MODE_TRAIN_IMAGE", "dogbreed-train:latest")
 SERVE_IMAGE = os.environ.get("LOCAL_MODE_SERVE_IMAGE", "dogbreed-serve:latest")
 INSTANCE_TYPE = os.environ.get("LOCAL_MODE_INSTANCE_TYPE", "local")
 ROLE = "arn:aws:iam::123456789012:role/DogbreedLocalModeTests"
+NOWHERE = "http://127.0.0.1:9"  # the discard port: nothing listens there
 HYPERPARAMETERS = {"epochs": 4, "batch-size": 16, "image-size": 64, "pretrained": "none",
                    "trainable": "all", "lr": 0.001, "patience": 0}
 
@@ -35,7 +36,12 @@ def offline_sagemaker(tmp_path_factory):
     values = {"AWS_DEFAULT_REGION": "us-east-1", "AWS_ACCESS_KEY_ID": "local-mode-tests",
               "AWS_SECRET_ACCESS_KEY": "local-mode-tests", "AWS_EC2_METADATA_DISABLED": "true",
               "SAGEMAKER_SUPPRESS_V2_WARNING": "1",
-              "SAGEMAKER_USER_CONFIG_OVERRIDE": str(config)}
+              "SAGEMAKER_USER_CONFIG_OVERRIDE": str(config),
+              # Any request for a host other than this machine goes to a closed port and
+              # fails the test: the proof that nothing reaches for AWS.
+              "HTTP_PROXY": NOWHERE, "HTTPS_PROXY": NOWHERE, "http_proxy": NOWHERE,
+              "https_proxy": NOWHERE, "NO_PROXY": "localhost,127.0.0.1",
+              "no_proxy": "localhost,127.0.0.1"}
     previous = {key: os.environ.get(key) for key in values}
     os.environ.update(values)
     yield
@@ -93,3 +99,4 @@ def free_port() -> int:
 
 def channels(data: Path) -> dict[str, str]:
     return {name: f"file://{data / name}" for name in ("train", "valid", "test")}
+

@@ -121,3 +121,11 @@ def test_deploy_predict_and_delete(trained, sample_data, tmp_path):
     listed = subprocess.run(["docker", "ps", "-q", "--filter", f"ancestor={SERVE_IMAGE}"],
                             capture_output=True, text=True).stdout.split()
     assert listed == []  # the endpoint's container is gone
+
+
+def test_the_guard_refuses_a_request_to_aws():
+    """Shows the proxy guard works: a real boto3 call to AWS fails at once."""
+    import boto3
+    import botocore.exceptions
+    with pytest.raises(botocore.exceptions.ProxyConnectionError):
+        boto3.client("sts").get_caller_identity()
