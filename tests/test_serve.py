@@ -8,6 +8,8 @@ import io
 import json
 import shutil
 import socket
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -226,8 +228,6 @@ def test_serve_with_a_broken_model_exits_with_the_reason(trained_model, tmp_path
         breakage(tmp_path / "model")
     server = RunningServer(tmp_path)
     with open(server.log, "w") as log:
-        import subprocess
-        import sys
         result = subprocess.run([sys.executable, "-m", "dogbreed.serve"], env=server.env,
                                 stdout=log, stderr=subprocess.STDOUT, timeout=60)
     assert result.returncode == 1

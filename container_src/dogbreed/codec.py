@@ -109,15 +109,17 @@ def decode_images(body: bytes, content_type: str | None, limits: Limits) -> list
     if len(body) > limits.max_payload_bytes:
         raise ClientError(413, f"payload of {len(body)} bytes is over the limit of "
                                f"{limits.max_payload_bytes} bytes")
-    raws = [body] if kind != JSON_CONTENT_TYPE else _json_instances(body, limits)
-    names = ["the body"] if kind != JSON_CONTENT_TYPE else [f"instance {i}" for i in range(len(raws))]
+    if kind == JSON_CONTENT_TYPE:
+        named = [(f"instance {i}", raw) for i, raw in enumerate(_json_instances(body, limits))]
+    else:
+        named = [("the body", body)]
     # Every header first, then decode: many small files of huge images would otherwise
     # take the worker's memory before the total is known.
-    total = sum(_pixels(raw, limits, name) for raw, name in zip(raws, names))
+    total = sum(_pixels(raw, limits, name) for name, raw in named)
     if total > limits.max_request_pixels:
         raise ClientError(413, f"the request's images hold {total} pixels together, over the "
                                f"limit of {limits.max_request_pixels}; send fewer per request")
-    return [_decode_image(raw, name) for raw, name in zip(raws, names)]
+    return [_decode_image(raw, name) for name, raw in named]
 
 
 def encode_predictions(predictions: list[list[dict[str, Any]]]) -> str:
