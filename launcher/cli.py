@@ -1,0 +1,140 @@
+"""`python -m launcher <command>`: the arguments of every command, and error reporting.
+
+Imports nothing heavy: `--help` answers at once, and torch is never imported here (the
+`sagemaker` backend must work on a laptop without it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+BACKENDS = ("process", "local", "sagemaker")
+BACKEND_HELP = ("where it runs: process (local processes, no Docker or AWS; default), local "
+                "(our images under SageMaker local mode; needs Docker), sagemaker (AWS)")
+
+DESCRIPTION = """Drive the dog-breed project end to end on one of three backends.
+
+  data      download, unzip, validate (and upload) the images; --synthetic for sample data
+  tune      hyperparameter tuning: SageMaker's tuner, or Optuna on the local backends
+  train     one training job, with given or the tuner's best hyperparameters
+  deploy    an endpoint on the serving image (or a local serve process)
+  predict   top-k breeds for image files, from the deployed endpoint
+  report    a training job's report (HTML with plots)
+  cleanup   stop/delete what deploy created
+
+Settings come from a config file (TOML or YAML; --config, default ./launcher.toml if
+present); see config/demo.toml and config/sagemaker.example.toml."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m launcher", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help_text: str, backend: bool = True) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.add_argument("--config", help="config file (.toml, .yaml); default ./launcher.toml "
+                         "if present, else built-in defaults")
+        sub.add_argument("--workdir", help="where jobs, endpoints and state live (default: the "
+                         "config's workdir, `runs`)")
+        if backend:
+            sub.add_argument("--backend", choices=BACKENDS, default="process", help=BACKEND_HELP)
+        return sub
+
+    data = command("data", "Get the dog images: download, unzip, validate, optionally upload "
+                   "to S3; or write synthetic sample data.", backend=False)
+    data.add_argument("--dest", help="folder for the images (default: data.local_dir)")
+    data.add_argument("--synthetic", action="store_true",
+                      help="write generated sample data instead (offline, seconds)")
+    data.add_argument("--classes", type=int, default=5, help="--synthetic: breeds (2..40)")
+    data.add_argument("--images-per-class", type=int, default=30,
+                      help="--synthetic: images per breed over all splits")
+    data.add_argument("--seed", type=int, default=0, help="--synthetic: same seed, same files")
+    data.add_argument("--url", help="download from here instead of data.url (no size check)")
+    data.add_argument("--zip", help="use this dogImages.zip instead of downloading")
+    data.add_argument("--upload", action="store_true",
+                      help="upload the splits to S3 (data.s3_uri, else s3://BUCKET/PREFIX/data)")
+
+    tune = command("tune", "Tune hyperparameters: ranges, objective, strategy and early "
+                   "stopping from the config, overridable here.")
+    tune.add_argument("--name", help="tuning job / study name (local default: dogbreed-tune; "
+                      "the same name resumes an interrupted local study)")
+    tune.add_argument("--data", help="data folder for the local backends (default: "
+                      "data.local_dir)")
+    tune.add_argument("--objective", help="metric to optimise, e.g. valid_accuracy, valid_loss")
+    tune.add_argument("--direction", choices=("Maximize", "Minimize"))
+    tune.add_argument("--strategy", choices=("Bayesian", "Random", "Grid", "Hyperband"))
+    tune.add_argument("--early-stopping", choices=("Auto", "Off"))
+    tune.add_argument("--max-jobs", type=int)
+    tune.add_argument("--max-parallel-jobs", type=int)
+    tune.add_argument("--range", action="append", default=[], metavar="NAME=SPEC",
+                      help="add or replace a range: NAME=continuous:MIN:MAX[:SCALING], "
+                      "NAME=integer:MIN:MAX[:SCALING], NAME=categorical:A,B,...; SCALING is "
+                      "Auto, Linear, Logarithmic or ReverseLogarithmic (repeatable)")
+    tune.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                      help="a static hyperparameter for every job (repeatable)")
+    tune.add_argument("--seed", type=int, help="local: the sampler's seed (reproducible order)")
+    tune.add_argument("--fresh", action="store_true",
+                      help="local: start the study over instead of resuming it")
+    tune.add_argument("--no-wait", action="store_true", help="sagemaker: start and return")
+
+    train = command("train", "Run one training job and print where its model is.")
+    train.add_argument("--hyperparameters", metavar="FILE", help="JSON: a tuner's best.json or "
+                       "a plain object of hyperparameters (over the config's)")
+    train.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                       help="a hyperparameter, over the file and config (repeatable)")
+    train.add_argument("--name", help="job name (default: dogbreed-DATE-TIME-XXXX); an "
+                       "interrupted process job resumes under the same name")
+    train.add_argument("--data", help="data folder for the local backends (default: "
+                       "data.local_dir)")
+    train.add_argument("--no-wait", action="store_true", help="sagemaker: start and return")
+
+    deploy = command("deploy", "Deploy a model on the serving image and print how to reach it.")
+    deploy.add_argument("--model", help="a model/ folder or model.tar.gz (s3:// for "
+                        "sagemaker); default: the last model `train` made")
+    deploy.add_argument("--name", help="endpoint name (default: dogbreed-BACKEND)")
+    deploy.add_argument("--port", type=int, help="local backends: port (default: a free one)")
+
+    predict = command("predict", "Send images to the deployed endpoint and print the top-k "
+                      "breeds for each.", backend=False)
+    predict.add_argument("images", nargs="+", metavar="IMAGE", help="JPEG or PNG files")
+    predict.add_argument("--endpoint", help="endpoint name (default: the last deployed)")
+    predict.add_argument("--top-k", type=int, choices=range(1, 134), metavar="K",
+                         help="breeds per image, 1..133 (default: serving.top_k, 5)")
+    predict.add_argument("--json", metavar="FILE", help="also write the answers as JSON")
+
+    report = command("report", "Build a training job's report (HTML with plots).")
+    report.add_argument("--job", help="job name (default: the last `train` job)")
+    report.add_argument("--model", help="its model/ folder or model.tar.gz (local or s3://)")
+    report.add_argument("--out", help="HTML file (default: WORKDIR/reports/JOB.html)")
+
+    cleanup = command("cleanup", "Stop and delete the endpoints that deploy created (SageMaker:"
+                      " endpoint, endpoint config and model).", backend=False)
+    cleanup.add_argument("--endpoint", action="append", help="only this one (repeatable; "
+                         "default: all of them)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from launcher import commands
+    from launcher.config import load_config
+    from launcher.errors import LauncherError
+    try:
+        config = load_config(args.config)
+        workdir = Path(args.workdir or config.workdir)
+        if args.workdir:
+            config = config.model_copy(update={"workdir": args.workdir})
+        return getattr(commands, args.command)(args, config, workdir)
+    except LauncherError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

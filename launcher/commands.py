@@ -1,0 +1,473 @@
+"""What each `python -m launcher <command>` does, one function per command.
+
+A backend decides where a job or endpoint runs, never what it does: every command reads
+the same config, validates hyperparameters with the training program's own parser before
+anything starts, and records what it created in the workdir's state file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tarfile
+import time
+from pathlib import Path
+from typing import Any
+
+from dogbreed.hyperparameters import HyperparameterError, parse_hyperparameters
+from launcher import endpoints, jobs, tuning_results
+from launcher.config import Config
+from launcher.errors import LauncherError
+from launcher.state import load_state, save_state, update_state
+
+
+# ---- shared -----------------------------------------------------------------------------
+
+def effective_config_file(config: Config, workdir: Path) -> Path:
+    """The config as one file that child processes (trials, endpoints) load the same way."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / "effective-config.yaml"
+    path.write_text(json.dumps(config.model_dump(mode="json"), indent=2) + "\n")
+    return path
+
+
+def merged_hyperparameters(config: Config, from_file: str | None,
+                           overrides: dict[str, str]) -> dict[str, str]:
+    """config's static ones < the file (a tuner's best.json or a plain object) < --set."""
+    values: dict[str, Any] = dict(config.training.hyperparameters)
+    if from_file:
+        path = Path(from_file)
+        if not path.is_file():
+            raise LauncherError(f"hyperparameters file {path} not found")
+        try:
+            document = json.loads(path.read_text())
+        except ValueError as error:
+            raise LauncherError(f"hyperparameters file {path} is not JSON: {error}") from None
+        if not isinstance(document, dict):
+            raise LauncherError(f"hyperparameters file {path}: expected a JSON object")
+        values.update(document.get("hyperparameters", document))
+    values.update(overrides)
+    strings = {key: str(value) for key, value in values.items()}
+    try:
+        parse_hyperparameters(strings)
+    except HyperparameterError as error:
+        raise LauncherError(f"bad hyperparameters: {error}") from None
+    return strings
+
+
+def parse_settings(pairs: list[str]) -> dict[str, str]:
+    settings = {}
+    for pair in pairs:
+        name, equals, value = pair.partition("=")
+        if not equals or not name:
+            raise LauncherError(f"--set {pair!r}: use NAME=VALUE, e.g. --set epochs=5")
+        settings[name] = value
+    return settings
+
+
+def start_job(backend: str, config: Config, workdir: Path, config_file: Path, name: str,
+              hyperparameters: dict[str, str], data_dir: Path) -> tuple[jobs.RunningJob, Path]:
+    """A training job on a local backend, running; (job, its folder)."""
+    job_dir = workdir / "jobs" / name
+    channels = jobs.data_channels(data_dir)
+    if backend == "process":
+        return jobs.start_process_job(job_dir, hyperparameters, channels, name), job_dir
+    job_dir.mkdir(parents=True, exist_ok=True)
+    (job_dir / "hyperparameters.json").write_text(json.dumps(hyperparameters, indent=2))
+    command = [sys.executable, "-m", "launcher.local_mode_job", str(config_file), name,
+               str(job_dir / "hyperparameters.json"), str(data_dir), str(job_dir / "output")]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return jobs.RunningJob(name, command, env, job_dir / "train.log"), job_dir
+
+
+def job_outcome(backend: str, job: jobs.RunningJob, job_dir: Path, code: int) -> jobs.JobOutcome:
+    if backend == "process":
+        return jobs.process_outcome(job, job_dir, code)
+    output = job_dir / "output"
+    failure = None
+    if code != 0:
+        failure = _member(output / "output.tar.gz", "failure") or \
+            f"the local-mode job exited with {code} (see {job.log})"
+    artifact = str(output / "model.tar.gz") if code == 0 else None
+    return jobs.JobOutcome(job.name, code, failure, artifact, job.log)
+
+
+def _member(archive: Path, name: str) -> str | None:
+    if not archive.is_file():
+        return None
+    with tarfile.open(archive) as opened:
+        for member in opened.getmembers():
+            if member.name.lstrip("./") == name and member.isfile():
+                return opened.extractfile(member).read().decode("utf-8", "replace").strip()
+    return None
+
+
+# ---- data -------------------------------------------------------------------------------
+
+def data(args, config: Config, workdir: Path) -> int:
+    from launcher import data as dataset
+    dest = Path(args.dest or config.data.local_dir)
+    if args.synthetic:
+        from dogbreed.sample_data import write_sample_data
+        if dest.exists() and any(dest.iterdir()):
+            raise LauncherError(f"{dest} is not empty: pick another --dest, or remove it first")
+        try:
+            counts = write_sample_data(dest, args.classes, args.images_per_class, args.seed)
+        except ValueError as error:
+            raise LauncherError(str(error)) from None
+        print(f"wrote synthetic data to {dest}: " +
+              ", ".join(f"{split} {count}" for split, count in counts.items()))
+        root = dest
+    else:
+        if args.zip:
+            archive = Path(args.zip)
+            if not archive.is_file():
+                raise LauncherError(f"zip file {archive} not found")
+        else:
+            archive = dataset.download(args.url or config.data.url,
+                                       dest.parent / "dogImages.zip",
+                                       None if args.url else config.data.size_bytes)
+        root = dataset.unzip(archive, dest.parent)
+        if root.resolve() != dest.resolve():
+            print(f"note: the data is in {root} (pass --data {root} to tune and train)")
+    report = dataset.validate(root)
+    print(dataset.validation_summary(report))
+    print(f"validation written to {dataset.write_validation(report, root)}")
+    if report["problems"]:
+        raise LauncherError(f"the data in {root} cannot be trained on: "
+                            f"{'; '.join(report['problems'])}")
+    if args.upload:
+        from launcher.sagemaker_sdk import aws_session, s3_channels
+        target = s3_channels(config)["train"].rsplit("/", 1)[0]
+        sent = dataset.upload(root, target, aws_session(config))
+        print(f"uploaded {sent} file(s) to {target} (others were already there)")
+    return 0
+
+
+# ---- tune -------------------------------------------------------------------------------
+
+def tune(args, config: Config, workdir: Path) -> int:
+    from launcher.ranges import parse_range_option
+    ranges = dict(config.tuning.ranges)
+    ranges.update(dict(parse_range_option(option) for option in args.range))
+    tuning = config.tuning.with_overrides(
+        objective=args.objective, direction=args.direction, strategy=args.strategy,
+        early_stopping=args.early_stopping, max_jobs=args.max_jobs,
+        max_parallel_jobs=args.max_parallel_jobs, ranges=ranges)
+    config = config.model_copy(update={"tuning": tuning})
+    static = {key: value for key, value in
+              merged_hyperparameters(config, None, parse_settings(args.set)).items()
+              if key not in tuning.ranges}
+    name = args.name or ("dogbreed-tune" if args.backend != "sagemaker"
+                         else jobs.job_name("dogbreed-tune")[:32])
+    study_dir = workdir / "tuning" / name
+    print(f"tuning on the {args.backend} backend: {tuning.strategy}, {tuning.direction.lower()} "
+          f"{tuning.objective}, up to {tuning.max_jobs} job(s), {tuning.max_parallel_jobs} at "
+          f"a time, early stopping {tuning.early_stopping}")
+    for range_name, spec in tuning.ranges.items():
+        print(f"  {range_name}: {spec.describe()}")
+    if args.backend == "sagemaker":
+        rows, best = _tune_on_sagemaker(args, config, workdir, name, static)
+        if best is None:
+            return 0
+    else:
+        rows, best = _tune_locally(args, config, workdir, study_dir, static)
+    study_dir.mkdir(parents=True, exist_ok=True)
+    tuned = list(tuning.ranges)
+    table = tuning_results.jobs_table(rows, tuned, tuning.objective, best)
+    (study_dir / "jobs.txt").write_text(table + "\n")
+    print("\n" + table)
+    if rows:
+        log_scaled = {n for n, s in tuning.ranges.items() if s.effective_scaling() ==
+                      "Logarithmic"}
+        plot = tuning_results.plot_trials(rows, study_dir / "trials.png", tuning.objective,
+                                          tuning.direction, tuned, log_scaled,
+                                          {n for n, s in tuning.ranges.items()
+                                           if s.type == "categorical"})
+        print(f"\nplot of the trials: {plot}")
+    if best is None:
+        raise LauncherError("no tuning job completed, so there is no best job (see the "
+                            "failures above)")
+    best_file = study_dir / "best.json"
+    document = tuning_results.write_best(best_file, best, tuning.objective, tuning.direction,
+                                         name, args.backend)
+    update_state(workdir, last_tuning={"backend": args.backend, "name": name,
+                                       "best": str(best_file)})
+    print(f"best job: {best['job']} with {tuning.objective}={best['objective']:.4f}")
+    print("  " + " ".join(f"{key}={document['hyperparameters'][key]}" for key in tuned))
+    print(f"best hyperparameters written to {best_file}\n"
+          f"next: python -m launcher train --backend {args.backend} --hyperparameters "
+          f"{best_file}")
+    return 0
+
+
+def _tune_locally(args, config: Config, workdir: Path, study_dir: Path, static: dict):
+    from launcher import local_tune
+    data_dir = Path(args.data or config.data.local_dir)
+    jobs.data_channels(data_dir)  # refuse before any trial starts
+    config_file = effective_config_file(config, workdir)
+    if args.backend == "local":
+        from launcher.sagemaker_sdk import check_docker
+        check_docker()
+    job_dirs: dict[str, Path] = {}
+
+    def start(name: str, hyperparameters: dict[str, Any]):
+        job, job_dir = start_job(args.backend, config, workdir, config_file, name,
+                                 {k: str(v) for k, v in hyperparameters.items()}, data_dir)
+        job_dirs[name] = job_dir
+        return job
+
+    def outcome(job, code: int):
+        return job_outcome(args.backend, job, job_dirs[job.name], code)
+
+    study = local_tune.run_study(config, study_dir, local_tune.TrialJob(start, outcome), static,
+                                 seed=args.seed, fresh=args.fresh)
+    rows = local_tune.trials_summary(study)
+    return rows, tuning_results.best_row(rows, config.tuning.direction)
+
+
+def _tune_on_sagemaker(args, config: Config, workdir: Path, name: str, static: dict):
+    from launcher import sagemaker_sdk
+    session = sagemaker_sdk.sagemaker_session(config, workdir)
+    sagemaker_sdk.start_tuning(config, session, name, static)
+    print(f"started tuning job {name}")
+    update_state(workdir, last_tuning={"backend": "sagemaker", "name": name})
+    if args.no_wait:
+        print("not waiting (--no-wait); see it in the SageMaker console")
+        return [], None
+    described = sagemaker_sdk.wait_for_tuning(session, name)
+    rows = sagemaker_sdk.tuning_training_jobs(session, name)
+    best_job = described.get("BestTrainingJob")
+    if not best_job:
+        return rows, None
+    tuned = best_job.get("TunedHyperParameters", {})
+    best = {"job": best_job["TrainingJobName"], "status": "Completed",
+            "hyperparameters": dict(static, **{k: v.strip('"') for k, v in tuned.items()}),
+            "objective": best_job.get("FinalHyperParameterTuningJobObjectiveMetric", {})
+            .get("Value"), "seconds": None, "epochs": None, "failure": None}
+    if not rows:
+        rows = [best]
+    return rows, best
+
+
+# ---- train ------------------------------------------------------------------------------
+
+def train(args, config: Config, workdir: Path) -> int:
+    hyperparameters = merged_hyperparameters(config, args.hyperparameters,
+                                             parse_settings(args.set))
+    name = args.name or jobs.job_name()
+    print(f"training job {name} on the {args.backend} backend")
+    print("  " + " ".join(f"{key}={value}" for key, value in sorted(hyperparameters.items())))
+    if args.backend == "sagemaker":
+        from launcher import sagemaker_sdk
+        session = sagemaker_sdk.sagemaker_session(config, workdir)
+        sagemaker_sdk.start_training(config, session, name, hyperparameters)
+        update_state(workdir, last_training={"backend": "sagemaker", "job": name,
+                                             "artifact": None})
+        if args.no_wait:
+            print("not waiting (--no-wait)")
+            return 0
+        described = sagemaker_sdk.wait_for_training(session, name)
+        if described["TrainingJobStatus"] != "Completed":
+            raise LauncherError(f"training job {name} {described['TrainingJobStatus'].lower()}: "
+                                f"{described.get('FailureReason', 'no reason given')}")
+        artifact = described["ModelArtifacts"]["S3ModelArtifacts"]
+    else:
+        data_dir = Path(args.data or config.data.local_dir)
+        config_file = effective_config_file(config, workdir)
+        job, job_dir = start_job(args.backend, config, workdir, config_file, name,
+                                 hyperparameters, data_dir)
+        try:
+            for line in job.lines():
+                print(line, flush=True)
+        except KeyboardInterrupt:
+            job.stop()
+            job.wait()
+            raise LauncherError(f"interrupted: the job saved a checkpoint in {job_dir}; "
+                                f"`train --name {name}` with the same settings resumes it")
+        outcome = job_outcome(args.backend, job, job_dir, job.wait())
+        if outcome.exit_code != 0:
+            raise LauncherError(f"training job {name} failed: {outcome.failure}")
+        artifact = outcome.artifact
+    update_state(workdir, last_training={"backend": args.backend, "job": name,
+                                         "artifact": artifact})
+    print(f"\ntraining job {name} completed; the model is at {artifact}\n"
+          f"next: python -m launcher deploy --backend {args.backend}   (deploys it)\n"
+          f"      python -m launcher report --backend {args.backend}   (its report)")
+    return 0
+
+
+# ---- deploy -----------------------------------------------------------------------------
+
+def _last_artifact(args, workdir: Path) -> str:
+    if args.model:
+        return args.model
+    last = load_state(workdir).get("last_training")
+    if not last or not last.get("artifact"):
+        raise LauncherError("no model given and no finished training job in "
+                            f"{workdir}: pass --model, or run `train` first")
+    if (last["backend"] == "sagemaker") != (args.backend == "sagemaker"):
+        raise LauncherError(f"the last model ({last['artifact']}) was trained on the "
+                            f"{last['backend']} backend; pass --model for {args.backend}")
+    return last["artifact"]
+
+
+def deploy(args, config: Config, workdir: Path) -> int:
+    artifact = _last_artifact(args, workdir)
+    name = args.name or f"dogbreed-{args.backend}"
+    state = load_state(workdir)
+    if name in state["endpoints"]:
+        raise LauncherError(f"endpoint {name} is already deployed; `cleanup --endpoint {name}` "
+                            "first, or pass another --name")
+    endpoint_dir = workdir / "endpoints" / name
+    record: dict[str, Any] = {"backend": args.backend, "model": artifact,
+                              "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    if args.backend == "sagemaker":
+        from launcher import sagemaker_sdk
+        if not artifact.startswith("s3://"):
+            raise LauncherError(f"the sagemaker backend deploys a model.tar.gz in S3, not "
+                                f"{artifact}")
+        session = sagemaker_sdk.sagemaker_session(config, workdir)
+        sagemaker_sdk.deploy_endpoint(config, session, "sagemaker", artifact, name, wait=False)
+        record.update(model_name=name, endpoint_config=name)
+        state["endpoints"][name] = record
+        save_state(workdir, update_last(state, name))
+        described = sagemaker_sdk.wait_for_endpoint(session, name)
+        if described["EndpointStatus"] != "InService":
+            raise LauncherError(f"endpoint {name} is {described['EndpointStatus']}: "
+                                f"{described.get('FailureReason', 'no reason given')}")
+        print(f"endpoint {name} is in service\n"
+              f"next: python -m launcher predict --backend sagemaker IMAGE...")
+        return 0
+    port = args.port or endpoints.free_port()
+    url = f"http://127.0.0.1:{port}"
+    if args.backend == "process":
+        model_dir = endpoints.model_dir_of(Path(artifact), endpoint_dir / "unpacked")
+        process = endpoints.start_serve_process(model_dir, endpoint_dir, port,
+                                                config.serving.workers)
+    else:
+        tarball = endpoints.model_tarball_of(Path(artifact), endpoint_dir / "model.tar.gz")
+        process = endpoints.start_local_mode_endpoint(effective_config_file(config, workdir),
+                                                      name, tarball, port, endpoint_dir,
+                                                      workdir)
+    record.update(url=url, pid=process.pid, log=str(endpoint_dir / "serve.log"))
+    state["endpoints"][name] = record
+    save_state(workdir, update_last(state, name))
+    print(f"starting endpoint {name} ({args.backend}) on {url} ...", flush=True)
+    try:
+        seconds = endpoints.wait_until_ready(process, url, endpoint_dir / "serve.log")
+    except LauncherError:
+        _forget(workdir, name)
+        raise
+    print(f"endpoint {name} is ready after {seconds:.1f} s at {url}\n"
+          f"  curl -s -H 'Content-Type: image/jpeg' --data-binary @photo.jpg {url}/invocations\n"
+          f"next: python -m launcher predict IMAGE...    stop: python -m launcher cleanup")
+    return 0
+
+
+def update_last(state: dict, name: str) -> dict:
+    state["last_endpoint"] = name
+    return state
+
+
+def _forget(workdir: Path, name: str) -> None:
+    state = load_state(workdir)
+    state["endpoints"].pop(name, None)
+    if state.get("last_endpoint") == name:
+        state.pop("last_endpoint")
+    save_state(workdir, state)
+
+
+# ---- predict ----------------------------------------------------------------------------
+
+def predict(args, config: Config, workdir: Path) -> int:
+    from launcher import predict as client
+    state = load_state(workdir)
+    name = args.endpoint or state.get("last_endpoint")
+    if not name or name not in state["endpoints"]:
+        known = ", ".join(state["endpoints"]) or "none"
+        raise LauncherError(f"no endpoint {name or ''} deployed from {workdir} (known: {known}):"
+                            " run `deploy` first, or pass --endpoint")
+    record = state["endpoints"][name]
+    top_k = args.top_k or config.serving.top_k
+    if record["backend"] == "sagemaker":
+        from launcher import sagemaker_sdk
+
+        def invoke(body: bytes, content_type: str, k: int):
+            return sagemaker_sdk.invoke_endpoint(config, name, body, content_type, k)
+    else:
+        invoke = client.http_invoker(record["url"])
+    answers = client.predict_images([Path(image) for image in args.images], invoke, top_k)
+    print(f"endpoint {name} ({record['backend']}), top {top_k}:")
+    print(client.answers_table(answers))
+    if args.json:
+        Path(args.json).write_text(json.dumps(
+            [{"image": str(a.image), "status": a.status, "predictions": a.predictions,
+              "error": a.error} for a in answers], indent=2) + "\n")
+    return 0 if all(answer.error is None for answer in answers) else 1
+
+
+# ---- report -----------------------------------------------------------------------------
+
+def report(args, config: Config, workdir: Path) -> int:
+    from launcher.report import build_report
+    last = load_state(workdir).get("last_training") or {}
+    source = args.model or last.get("artifact")
+    job = args.job or last.get("job") or "training job"
+    if args.job and not args.model:
+        source = _artifact_of_job(args, config, workdir, args.job)
+    if not source:
+        raise LauncherError("no model to report on: pass --model or --job, or run `train` first")
+    scratch = workdir / "reports" / job
+    if source.startswith("s3://"):
+        from launcher import sagemaker_sdk
+        bucket, _, key = source.removeprefix("s3://").partition("/")
+        scratch.mkdir(parents=True, exist_ok=True)
+        local = scratch / "model.tar.gz"
+        sagemaker_sdk.aws_session(config).client("s3").download_file(bucket, key, str(local))
+        source = str(local)
+    model_dir = endpoints.model_dir_of(Path(source), scratch / "model")
+    out = Path(args.out) if args.out else workdir / "reports" / f"{job}.html"
+    build_report(model_dir, out, job)
+    print(f"report written to {out} (open it in a browser)")
+    return 0
+
+
+def _artifact_of_job(args, config: Config, workdir: Path, job: str) -> str:
+    if args.backend == "sagemaker":
+        from launcher import sagemaker_sdk
+        session = sagemaker_sdk.sagemaker_session(config, workdir)
+        described = session.sagemaker_client.describe_training_job(TrainingJobName=job)
+        return described["ModelArtifacts"]["S3ModelArtifacts"]
+    job_dir = workdir / "jobs" / job
+    for candidate in (job_dir / "model", job_dir / "output" / "model.tar.gz"):
+        if candidate.exists():
+            return str(candidate)
+    raise LauncherError(f"no job {job} in {workdir / 'jobs'}")
+
+
+# ---- cleanup ----------------------------------------------------------------------------
+
+def cleanup(args, config: Config, workdir: Path) -> int:
+    state = load_state(workdir)
+    names = args.endpoint or list(state["endpoints"])
+    unknown = [name for name in names if name not in state["endpoints"]]
+    if unknown:
+        raise LauncherError(f"no endpoint {', '.join(unknown)} was deployed from {workdir} "
+                            f"(known: {', '.join(state['endpoints']) or 'none'})")
+    if not names:
+        print(f"nothing to clean up: no endpoints deployed from {workdir}")
+        return 0
+    for name in names:
+        record = state["endpoints"][name]
+        if record["backend"] == "sagemaker":
+            from launcher import sagemaker_sdk
+            deleted = sagemaker_sdk.delete_endpoint(config, name, record.get("model_name"))
+            print(f"deleted {', '.join(deleted) or 'nothing (already gone)'}")
+        else:
+            stopped = endpoints.stop_process(record["pid"])
+            print(f"stopped endpoint {name} ({record['backend']}, pid {record['pid']})"
+                  if stopped else f"endpoint {name} had already stopped")
+        _forget(workdir, name)
+    return 0

@@ -1,0 +1,225 @@
+"""The launcher's one configuration file (TOML or YAML), validated on load.
+
+Every section has defaults that run the `process` backend offline, so a missing file is
+fine there; the `sagemaker` backend additionally needs a role, a bucket and the pushed
+image URIs (from `make push`'s build/images.json unless given). Unknown keys and bad
+values are refused with the dotted key that is wrong, before anything is started.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from dogbreed.hyperparameters import HyperparameterError, parse_hyperparameters
+from dogbreed.metrics import METRIC_DEFINITIONS
+from launcher.errors import LauncherError
+from launcher.ranges import HyperparameterRange
+
+DEFAULT_CONFIG = Path("launcher.toml")
+IMAGES_FILE = Path("build/images.json")
+METRIC_NAMES = tuple(definition["Name"] for definition in METRIC_DEFINITIONS)
+STRATEGIES = ("Bayesian", "Random", "Grid", "Hyperband")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AwsSection(_Section):
+    region: str | None = None
+    role_arn: str | None = Field(None, pattern=r"^arn:aws[a-z-]*:iam::\d{12}:role/.+$")
+    bucket: str | None = Field(None, pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+    prefix: str = "dogbreed"
+
+
+class ImagesSection(_Section):
+    """Image URIs; empty means build/images.json (sagemaker) or the local build (local)."""
+    train: str | None = None
+    serve: str | None = None
+
+
+class DataSection(_Section):
+    local_dir: str = "data/dogImages"
+    s3_uri: str | None = Field(None, pattern=r"^s3://.+")
+    url: str = "https://s3-us-west-1.amazonaws.com/udacity-aind/dog-project/dogImages.zip"
+    size_bytes: int = Field(1_132_023_110, gt=0)
+
+
+class TrainingSection(_Section):
+    instance_type: str = "ml.g5.xlarge"
+    instance_count: int = Field(1, ge=1, le=64)
+    volume_size_gb: int = Field(50, ge=1, le=16384)
+    max_run_seconds: int = Field(86_400, ge=60)
+    spot: bool = False
+    max_wait_seconds: int | None = Field(None, ge=60)
+    checkpoint_s3_uri: str | None = Field(None, pattern=r"^s3://.+")
+    hyperparameters: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("hyperparameters")
+    @classmethod
+    def _known_hyperparameters(cls, value: dict[str, Any]) -> dict[str, Any]:
+        try:
+            parse_hyperparameters({key: str(item) for key, item in value.items()})
+        except HyperparameterError as error:
+            raise ValueError(str(error)) from None
+        return value
+
+    @model_validator(mode="after")
+    def _spot_wait(self) -> "TrainingSection":
+        if self.spot and self.max_wait_seconds is not None and \
+                self.max_wait_seconds < self.max_run_seconds:
+            raise ValueError("max_wait_seconds must be at least max_run_seconds for spot "
+                             "training")
+        return self
+
+
+class TuningSection(_Section):
+    objective: str = "valid_accuracy"
+    direction: Literal["Maximize", "Minimize"] = "Maximize"
+    strategy: Literal[STRATEGIES] = "Bayesian"  # type: ignore[valid-type]
+    early_stopping: Literal["Auto", "Off"] = "Off"
+    max_jobs: int = Field(8, ge=1, le=750)
+    max_parallel_jobs: int = Field(2, ge=1, le=100)
+    hyperband_min_resource: int | None = Field(None, ge=1)
+    hyperband_max_resource: int | None = Field(None, ge=1)
+    ranges: dict[str, HyperparameterRange] = Field(default_factory=lambda: {
+        "lr": HyperparameterRange(type="continuous", min=1e-4, max=1e-2,
+                                  scaling="Logarithmic"),
+        "batch-size": HyperparameterRange(type="categorical", values=[16, 32, 64])})
+
+    @field_validator("objective")
+    @classmethod
+    def _objective_is_logged(cls, value: str) -> str:
+        if value not in METRIC_NAMES or value == "epoch":
+            raise ValueError(f"{value!r} is not a metric the training job logs; one of "
+                             f"{', '.join(name for name in METRIC_NAMES if name != 'epoch')}")
+        return value
+
+    @field_validator("ranges")
+    @classmethod
+    def _ranges_are_hyperparameters(cls, ranges: dict[str, HyperparameterRange]):
+        if not ranges:
+            raise ValueError("at least one range is needed to tune")
+        for name, spec in ranges.items():
+            for value in spec.candidates():
+                try:
+                    parse_hyperparameters({name: str(value)})
+                except HyperparameterError as error:
+                    raise ValueError(f"{name}: {error}") from None
+        return ranges
+
+    @model_validator(mode="after")
+    def _strategy_fits(self) -> "TuningSection":
+        if self.strategy == "Grid":
+            # As on SageMaker, so a grid that runs locally also runs there.
+            other = [name for name, spec in self.ranges.items() if spec.type != "categorical"]
+            if other:
+                raise ValueError(f"the Grid strategy takes categorical ranges only; "
+                                 f"{', '.join(other)} is not")
+        if self.strategy == "Hyperband" and self.early_stopping == "Auto":
+            raise ValueError("Hyperband stops jobs itself: set early_stopping = \"Off\"")
+        if self.max_parallel_jobs > self.max_jobs:
+            raise ValueError(f"max_parallel_jobs ({self.max_parallel_jobs}) is more than "
+                             f"max_jobs ({self.max_jobs})")
+        low, high = self.hyperband_min_resource, self.hyperband_max_resource
+        if low is not None and high is not None and low > high:
+            raise ValueError("hyperband_min_resource is more than hyperband_max_resource")
+        return self
+
+    def with_overrides(self, **overrides: Any) -> "TuningSection":
+        """A copy with command-line values (None = keep), validated like the file."""
+        values = self.model_dump()
+        values["ranges"] = dict(self.ranges)
+        values.update({key: value for key, value in overrides.items() if value is not None})
+        try:
+            return TuningSection.model_validate(values)
+        except ValidationError as error:
+            raise LauncherError(_describe(error, "tuning")) from None
+
+
+class ServingSection(_Section):
+    instance_type: str = "ml.m5.xlarge"
+    instance_count: int = Field(1, ge=1, le=100)
+    workers: int | None = Field(None, ge=1, le=64)
+    top_k: int = Field(5, ge=1, le=133)
+
+
+class Config(_Section):
+    workdir: str = "runs"
+    aws: AwsSection = AwsSection()
+    images: ImagesSection = ImagesSection()
+    data: DataSection = DataSection()
+    training: TrainingSection = TrainingSection()
+    tuning: TuningSection = TuningSection()
+    serving: ServingSection = ServingSection()
+    source: str = Field("(built-in defaults)", exclude=True)
+
+    @property
+    def metric_definitions(self) -> list[dict[str, str]]:
+        """Built from the training program's log names; never written by hand."""
+        return [dict(definition) for definition in METRIC_DEFINITIONS]
+
+    def image(self, kind: Literal["train", "serve"], backend: str) -> str:
+        """The image URI for a backend: the config, else what `make push` or `make build` made."""
+        configured = getattr(self.images, kind)
+        if configured:
+            return configured
+        if backend == "local":
+            return f"dogbreed-{kind}:latest"
+        if IMAGES_FILE.is_file():
+            pushed = json.loads(IMAGES_FILE.read_text()).get(kind)
+            if pushed:
+                return pushed
+        raise LauncherError(f"no {kind} image URI: run `make build push` (which writes "
+                            f"{IMAGES_FILE}) or set images.{kind} in {self.source}")
+
+    def s3_prefix(self) -> str:
+        if not self.aws.bucket:
+            raise LauncherError(f"aws.bucket is not set in {self.source}: the sagemaker "
+                                "backend keeps data, checkpoints and models there")
+        return f"s3://{self.aws.bucket}/{self.aws.prefix.strip('/')}"
+
+
+def load_config(path: str | Path | None) -> Config:
+    """Read and validate; `None` reads ./launcher.toml if present, else the defaults."""
+    if path is None:
+        if not DEFAULT_CONFIG.is_file():
+            return Config()
+        path = DEFAULT_CONFIG
+    path = Path(path)
+    if not path.is_file():
+        raise LauncherError(f"config file {path} not found")
+    text = path.read_text()
+    try:
+        if path.suffix == ".toml":
+            raw = tomllib.loads(text)
+        elif path.suffix in (".yaml", ".yml"):
+            raw = yaml.safe_load(text) or {}
+        else:
+            raise LauncherError(f"config file {path}: use .toml, .yaml or .yml")
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as error:
+        raise LauncherError(f"config file {path} is not valid {path.suffix[1:].upper()}: "
+                            f"{error}") from None
+    if not isinstance(raw, dict):
+        raise LauncherError(f"config file {path}: the top level must be a table of sections")
+    try:
+        return Config.model_validate(dict(raw, source=str(path)))
+    except ValidationError as error:
+        raise LauncherError(_describe(error, str(path))) from None
+
+
+def _describe(error: ValidationError, where: str) -> str:
+    lines = []
+    for problem in error.errors():
+        key = ".".join(str(part) for part in problem["loc"]) or "(top level)"
+        message = problem["msg"].removeprefix("Value error, ")
+        if problem["type"] == "extra_forbidden":
+            message = "unknown key"
+        lines.append(f"  {key}: {message}")
+    return f"config {where} is not valid:\n" + "\n".join(lines)

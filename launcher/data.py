@@ -1,0 +1,166 @@
+"""`launcher data`: get the dog-breed images, check them, and put them where jobs read them.
+
+Download `dogImages.zip` (resuming a partial download, checking the size), unzip it,
+validate the three splits (images per split and class, classes that agree, unreadable
+files listed), and optionally upload the channels to S3. `--synthetic` writes the small
+generated sample set instead, which is what runs offline.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from launcher.errors import LauncherError
+
+SPLITS = ("train", "valid", "test")
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
+CHUNK = 1 << 20
+
+
+def download(url: str, target: Path, expected_size: int | None) -> Path:
+    """Fetch url to target; a `.part` file from an interrupted run is continued (HTTP Range)."""
+    import requests
+    if target.is_file() and (expected_size is None or target.stat().st_size == expected_size):
+        print(f"{target} is already here ({target.stat().st_size:,} bytes)")
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(target.name + ".part")
+    have = partial.stat().st_size if partial.is_file() else 0
+    headers = {"Range": f"bytes={have}-"} if have else {}
+    try:
+        response = requests.get(url, headers=headers, stream=True, timeout=60)
+    except requests.RequestException as error:
+        raise LauncherError(f"cannot download {url}: {error}") from None
+    with response:
+        if response.status_code == 416 and expected_size == have:
+            partial.replace(target)
+            return target
+        if response.status_code not in (200, 206):
+            raise LauncherError(f"cannot download {url}: HTTP {response.status_code}")
+        if response.status_code == 200 and have:
+            print("the server does not resume downloads: starting over")
+            have = 0
+        total = expected_size or (have + int(response.headers.get("Content-Length", 0))) or None
+        mode = "ab" if response.status_code == 206 else "wb"
+        with open(partial, mode) as out, tqdm(total=total, initial=have, unit="B",
+                                               unit_scale=True, desc=target.name) as bar:
+            try:
+                for chunk in response.iter_content(CHUNK):
+                    out.write(chunk)
+                    bar.update(len(chunk))
+            except requests.RequestException as error:
+                raise LauncherError(f"the download broke off ({error}); run the same command "
+                                    f"again to continue from {partial.stat().st_size:,} "
+                                    "bytes") from None
+    size = partial.stat().st_size
+    if expected_size is not None and size != expected_size:
+        raise LauncherError(f"downloaded {size:,} bytes but expected {expected_size:,}: run "
+                            f"again to continue, or delete {partial} to start over")
+    partial.replace(target)
+    return target
+
+
+def unzip(archive: Path, into: Path) -> Path:
+    """Extract the archive (members checked to stay inside `into`); the dogImages folder."""
+    try:
+        with zipfile.ZipFile(archive) as opened:
+            members = [m for m in opened.infolist() if not m.is_dir()]
+            for member in tqdm(members, desc=f"unzipping {archive.name}", unit="file"):
+                opened.extract(member, into)
+    except zipfile.BadZipFile as error:
+        raise LauncherError(f"{archive} is not a valid zip file ({error}): delete it and "
+                            "download again") from None
+    found = [path.parent for path in into.glob("*/train") if path.is_dir()]
+    if (into / "train").is_dir():
+        return into
+    if len(found) != 1:
+        raise LauncherError(f"{archive} does not hold one folder with train/valid/test")
+    return found[0]
+
+
+def validate(root: Path) -> dict[str, Any]:
+    """Images per split and class, unreadable files, and classes that disagree across splits."""
+    from dogbreed.images import is_readable_image
+    report: dict[str, Any] = {"root": str(root), "splits": {}, "problems": [], "unreadable": []}
+    classes_by_split = {}
+    for split in SPLITS:
+        folder = root / split
+        if not folder.is_dir():
+            if split != "test":
+                report["problems"].append(f"no {split} folder under {root}")
+            continue
+        classes = sorted(entry.name for entry in folder.iterdir() if entry.is_dir())
+        files = [path for name in classes for path in sorted((folder / name).iterdir())
+                 if path.is_file()]
+        with ThreadPoolExecutor() as pool:
+            readable = list(tqdm(pool.map(lambda p: p.suffix.lower() in IMAGE_SUFFIXES and
+                                          is_readable_image(str(p)), files),
+                                 total=len(files), desc=f"checking {split}", unit="image"))
+        bad = [str(path.relative_to(root)) for path, ok in zip(files, readable) if not ok]
+        per_class = {name: 0 for name in classes}
+        for path, ok in zip(files, readable):
+            per_class[path.parent.name] += ok
+        empty = [name for name, count in per_class.items() if count == 0]
+        if empty:
+            report["problems"].append(f"{split}: no readable image in {', '.join(empty[:5])}"
+                                      f"{' ...' if len(empty) > 5 else ''}")
+        classes_by_split[split] = set(classes)
+        report["unreadable"] += bad
+        report["splits"][split] = {"classes": len(classes), "images": sum(per_class.values()),
+                                   "unreadable": len(bad), "per_class": per_class}
+    train = classes_by_split.get("train", set())
+    for split in ("valid", "test"):
+        extra = classes_by_split.get(split, set()) - train
+        if extra:
+            report["problems"].append(f"{split} has classes that train lacks: "
+                                      f"{', '.join(sorted(extra)[:5])}")
+    return report
+
+
+def validation_summary(report: dict[str, Any]) -> str:
+    lines = [f"{'split':<6} {'classes':>7} {'images':>7} {'unreadable':>10}  per class "
+             "(min / median / max)"]
+    for split, facts in report["splits"].items():
+        counts = sorted(facts["per_class"].values())
+        spread = (f"{counts[0]} / {counts[len(counts) // 2]} / {counts[-1]}" if counts else "-")
+        lines.append(f"{split:<6} {facts['classes']:>7} {facts['images']:>7} "
+                     f"{facts['unreadable']:>10}  {spread}")
+    if report["unreadable"]:
+        lines.append("unreadable (training skips them):")
+        lines += [f"  {path}" for path in report["unreadable"][:20]]
+        if len(report["unreadable"]) > 20:
+            lines.append(f"  ... and {len(report['unreadable']) - 20} more (see validation.json)")
+    lines += [f"PROBLEM: {problem}" for problem in report["problems"]]
+    return "\n".join(lines)
+
+
+def write_validation(report: dict[str, Any], root: Path) -> Path:
+    path = root / "validation.json"
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    return path
+
+
+def upload(root: Path, s3_uri: str, boto_session) -> int:
+    """Upload the split folders under s3_uri, skipping files already there with the same
+    size (so an interrupted upload continues); the number of files sent."""
+    bucket, _, prefix = s3_uri.removeprefix("s3://").partition("/")
+    prefix = prefix.strip("/")
+    s3 = boto_session.client("s3")
+    present = {}
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        present.update({item["Key"]: item["Size"] for item in page.get("Contents", [])})
+    files = [path for split in SPLITS if (root / split).is_dir()
+             for path in sorted((root / split).rglob("*")) if path.is_file()]
+    keys = {path: "/".join(filter(None, [prefix, str(path.relative_to(root))])) for path in files}
+    todo = [path for path in files if present.get(keys[path]) != path.stat().st_size]
+    with tqdm(total=sum(path.stat().st_size for path in todo), unit="B", unit_scale=True,
+              desc=f"uploading to {s3_uri}") as bar:
+        for path in todo:
+            s3.upload_file(str(path), bucket, keys[path], Callback=bar.update)
+    return len(todo)

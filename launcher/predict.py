@@ -1,0 +1,87 @@
+"""Send image files to an endpoint and show the top-k breeds per image.
+
+HTTP straight to the container's `/invocations` for the two local backends; a real
+`InvokeEndpoint` (boto3) for SageMaker. Each file is checked before it is sent, and a
+file the endpoint refuses is reported with the endpoint's reason while the others go on.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from launcher.errors import LauncherError
+
+MAX_BYTES = 6 * 1024 * 1024  # SageMaker's real-time payload limit
+SIGNATURES = {b"\xff\xd8\xff": "image/jpeg", b"\x89PNG\r\n\x1a\n": "image/png"}
+
+
+@dataclass
+class Answer:
+    image: Path
+    status: int
+    predictions: list[dict] | None
+    error: str | None
+
+
+def content_type_of(path: Path) -> str:
+    """image/jpeg or image/png from the file's first bytes, or a clear error."""
+    if not path.is_file():
+        raise LauncherError(f"image {path} not found")
+    head = path.open("rb").read(8)
+    for signature, content_type in SIGNATURES.items():
+        if head.startswith(signature):
+            if path.stat().st_size > MAX_BYTES:
+                raise LauncherError(f"image {path} is {path.stat().st_size / 2**20:.1f} MiB; an "
+                                    "endpoint takes at most 6 MiB per request")
+            return content_type
+    raise LauncherError(f"{path} is not a JPEG or PNG image")
+
+
+def http_invoker(url: str, timeout: float = 60) -> Callable[[bytes, str, int], tuple[int, bytes]]:
+    import requests
+
+    def invoke(body: bytes, content_type: str, top_k: int) -> tuple[int, bytes]:
+        try:
+            answer = requests.post(f"{url}/invocations", data=body, timeout=timeout, headers={
+                "Content-Type": content_type, "Accept": "application/json",
+                "X-Amzn-SageMaker-Custom-Attributes": f"top_k={top_k}"})
+        except requests.RequestException as error:
+            raise LauncherError(f"cannot reach the endpoint at {url}: {error} (is it deployed? "
+                                "`python -m launcher deploy`)") from None
+        return answer.status_code, answer.content
+    return invoke
+
+
+def predict_images(images: list[Path], invoke: Callable[[bytes, str, int], tuple[int, bytes]],
+                   top_k: int) -> list[Answer]:
+    types = {image: content_type_of(image) for image in images}  # all checked before any call
+    answers = []
+    for image in images:
+        status, body = invoke(image.read_bytes(), types[image], top_k)
+        try:
+            document = json.loads(body)
+        except ValueError:
+            document = {"error": body[:200].decode("utf-8", "replace")}
+        if status == 200:
+            answers.append(Answer(image, status, document["predictions"][0], None))
+        else:
+            answers.append(Answer(image, status, None, document.get("error", str(document))))
+    return answers
+
+
+def answers_table(answers: list[Answer]) -> str:
+    lines = []
+    for answer in answers:
+        lines.append(f"{answer.image}")
+        if answer.error is not None:
+            lines.append(f"  refused ({answer.status}): {answer.error}")
+            continue
+        width = max(len(p["label"]) for p in answer.predictions)
+        for rank, prediction in enumerate(answer.predictions, 1):
+            bar = "#" * round(prediction["probability"] * 20)
+            lines.append(f"  {rank}. {prediction['label']:<{width}}  "
+                         f"{prediction['probability']:6.1%}  {bar}")
+    return "\n".join(lines)

@@ -1,0 +1,309 @@
+"""Every SageMaker Python SDK 2.x and AWS call the launcher makes, in one module.
+
+SDK 3.x dropped Estimator, HyperparameterTuner, Model and local mode; keeping the SDK in
+one place means a later move touches this file only. The SDK is imported inside the
+functions: it takes seconds to import and `--help` must not wait for it.
+
+Both `local` (SageMaker local mode: our images under Docker, no AWS) and `sagemaker`
+(real jobs and endpoints) go through here; the `process` backend never does.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+from launcher.config import Config
+from launcher.errors import LauncherError
+from launcher.ranges import HyperparameterRange
+
+TELEMETRY_OPT_OUT = ("SchemaVersion: '1.0'\nSageMaker:\n  PythonSDK:\n    Modules:\n"
+                     "      TelemetryOptOut: true\n")
+POLL_SECONDS = float(os.environ.get("LAUNCHER_POLL_SECONDS", "30"))
+
+
+def quiet_sdk(workdir: Path) -> None:
+    """Keep the SDK from phoning home: no telemetry, no metadata service, no v3 banner."""
+    os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
+    os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
+    if "SAGEMAKER_USER_CONFIG_OVERRIDE" not in os.environ:
+        workdir.mkdir(parents=True, exist_ok=True)
+        path = workdir / "sagemaker-sdk-config.yaml"
+        path.write_text(TELEMETRY_OPT_OUT)
+        os.environ["SAGEMAKER_USER_CONFIG_OVERRIDE"] = str(path.resolve())
+
+
+def local_session(workdir: Path, serving_port: int | None = None):
+    """A LocalSession that needs no AWS account (SageMaker local mode on Docker)."""
+    quiet_sdk(workdir)
+    # The SDK builds boto3 clients even in local mode; they need a region and credentials
+    # to exist, never to work. Real ones, if the user has them, are left alone.
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    import boto3
+    if boto3.session.Session().get_credentials() is None:
+        os.environ["AWS_ACCESS_KEY_ID"] = "local-mode"
+        os.environ["AWS_SECRET_ACCESS_KEY"] = "local-mode"
+    check_docker()
+    from sagemaker.local import LocalSession
+    session = LocalSession()
+    root = (workdir / "container_root").resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    session.config = {"local": {"local_code": True, "container_root": str(root),
+                                **({"serving_port": serving_port} if serving_port else {})}}
+    return session
+
+
+def check_docker() -> None:
+    import shutil
+    import subprocess
+    if shutil.which("docker") is None:
+        raise LauncherError("the local backend needs Docker: no `docker` command found "
+                            "(`bash docker/engine.sh` installs and starts it on Debian)")
+    if subprocess.run(["docker", "info"], capture_output=True).returncode != 0:
+        raise LauncherError("the local backend needs a running Docker engine (`bash "
+                            "docker/engine.sh` starts it)")
+
+
+def aws_session(config: Config):
+    """A boto3 session that is known to have credentials and a region, or a clear error."""
+    import boto3
+    session = boto3.session.Session(region_name=config.aws.region)
+    if session.get_credentials() is None:
+        raise LauncherError("the sagemaker backend needs AWS credentials: configure a profile "
+                            "(`aws configure`), or set AWS_PROFILE, or AWS_ACCESS_KEY_ID and "
+                            "AWS_SECRET_ACCESS_KEY")
+    if not session.region_name:
+        raise LauncherError(f"no AWS region: set aws.region in {config.source} or "
+                            "AWS_DEFAULT_REGION")
+    return session
+
+
+def sagemaker_session(config: Config, workdir: Path):
+    boto_session = aws_session(config)
+    if not config.aws.role_arn:
+        raise LauncherError(f"aws.role_arn is not set in {config.source}: SageMaker runs jobs "
+                            "and endpoints as that IAM role")
+    quiet_sdk(workdir)
+    import sagemaker
+    return sagemaker.Session(boto_session=boto_session,
+                             default_bucket=config.aws.bucket)
+
+
+# ---- training ---------------------------------------------------------------------------
+
+def estimator(config: Config, session, backend: str, hyperparameters: Mapping[str, Any],
+              output_path: str, base_job_name: str = "dogbreed"):
+    """Our training image as an Estimator; SageMaker passes hyperparameters as strings."""
+    from sagemaker.estimator import Estimator
+    training = config.training
+    options: dict[str, Any] = {}
+    if backend == "sagemaker":
+        options.update(instance_type=training.instance_type,
+                       instance_count=training.instance_count,
+                       volume_size=training.volume_size_gb, max_run=training.max_run_seconds)
+        if training.spot:
+            options.update(use_spot_instances=True,
+                           max_wait=training.max_wait_seconds or training.max_run_seconds,
+                           checkpoint_s3_uri=training.checkpoint_s3_uri
+                           or f"{config.s3_prefix()}/checkpoints")
+    else:
+        options.update(instance_type="local", instance_count=training.instance_count)
+    return Estimator(
+        image_uri=config.image("train", backend), role=config.aws.role_arn or
+        "arn:aws:iam::123456789012:role/LocalMode", output_path=output_path,
+        sagemaker_session=session, base_job_name=base_job_name,
+        hyperparameters={key: str(value) for key, value in hyperparameters.items()},
+        metric_definitions=config.metric_definitions,
+        # SageMaker Debugger is closed to new customers: the image carries its own hook,
+        # and its output travels with the job's output instead.
+        debugger_hook_config=False, disable_profiler=True, **options)
+
+
+def s3_channels(config: Config) -> dict[str, str]:
+    base = (config.data.s3_uri or f"{config.s3_prefix()}/data").rstrip("/")
+    return {name: f"{base}/{name}" for name in ("train", "valid", "test")}
+
+
+def fit_local(config: Config, workdir: Path, job_name: str, hyperparameters: Mapping[str, Any],
+              channels: Mapping[str, Path], output_dir: Path) -> None:
+    """One local-mode training job; the containers' output streams to stdout."""
+    session = local_session(workdir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    job = estimator(config, session, "local", hyperparameters, f"file://{output_dir.resolve()}")
+    job.fit({name: f"file://{Path(path).resolve()}" for name, path in channels.items()},
+            job_name=job_name, logs="All")
+
+
+def start_training(config: Config, session, job_name: str,
+                   hyperparameters: Mapping[str, Any]) -> str:
+    job = estimator(config, session, "sagemaker", hyperparameters,
+                    f"{config.s3_prefix()}/jobs")
+    job.fit(s3_channels(config), job_name=job_name, wait=False)
+    return job_name
+
+
+def wait_for_training(session, job_name: str) -> dict:
+    """Poll until the job ends, printing each status change; the final description."""
+    client = session.sagemaker_client
+    seen = None
+    while True:
+        described = client.describe_training_job(TrainingJobName=job_name)
+        state = (described["TrainingJobStatus"], described.get("SecondaryStatus"))
+        if state != seen:
+            print(f"  {time.strftime('%H:%M:%S')} {job_name}: {state[0]} ({state[1]})",
+                  flush=True)
+            seen = state
+        if state[0] in ("Completed", "Failed", "Stopped"):
+            return described
+        time.sleep(POLL_SECONDS)
+
+
+# ---- tuning -----------------------------------------------------------------------------
+
+def parameter_range(spec: HyperparameterRange):
+    from sagemaker.parameter import CategoricalParameter, ContinuousParameter, IntegerParameter
+    if spec.type == "categorical":
+        return CategoricalParameter([str(value) for value in spec.values])
+    if spec.type == "integer":
+        return IntegerParameter(int(spec.min), int(spec.max), scaling_type=spec.scaling)
+    return ContinuousParameter(spec.min, spec.max, scaling_type=spec.scaling)
+
+
+def start_tuning(config: Config, session, tuning_job_name: str,
+                 static_hyperparameters: Mapping[str, Any]) -> str:
+    from sagemaker.tuner import HyperbandStrategyConfig, HyperparameterTuner, StrategyConfig
+    tuning = config.tuning
+    static = {key: value for key, value in static_hyperparameters.items()
+              if key not in tuning.ranges}
+    base = estimator(config, session, "sagemaker", static, f"{config.s3_prefix()}/jobs")
+    strategy_config = None
+    if tuning.strategy == "Hyperband":
+        epochs = int(static.get("epochs", 10))
+        strategy_config = StrategyConfig(HyperbandStrategyConfig(
+            max_resource=tuning.hyperband_max_resource or epochs,
+            min_resource=tuning.hyperband_min_resource or 1))
+    tuner = HyperparameterTuner(
+        base, objective_metric_name=tuning.objective, objective_type=tuning.direction,
+        hyperparameter_ranges={name: parameter_range(spec)
+                               for name, spec in tuning.ranges.items()},
+        metric_definitions=config.metric_definitions, strategy=tuning.strategy,
+        strategy_config=strategy_config,
+        max_jobs=None if tuning.strategy == "Grid" else tuning.max_jobs,
+        max_parallel_jobs=tuning.max_parallel_jobs,
+        early_stopping_type=tuning.early_stopping)
+    tuner.fit(s3_channels(config), job_name=tuning_job_name, wait=False)
+    return tuning_job_name
+
+
+def wait_for_tuning(session, tuning_job_name: str) -> dict:
+    client = session.sagemaker_client
+    seen = None
+    while True:
+        described = client.describe_hyper_parameter_tuning_job(
+            HyperParameterTuningJobName=tuning_job_name)
+        status = described["HyperParameterTuningJobStatus"]
+        counters = described.get("TrainingJobStatusCounters", {})
+        state = (status, tuple(sorted(counters.items())))
+        if state != seen:
+            summary = ", ".join(f"{key} {value}" for key, value in counters.items() if value)
+            print(f"  {time.strftime('%H:%M:%S')} {tuning_job_name}: {status}"
+                  f"{' (' + summary + ')' if summary else ''}", flush=True)
+            seen = state
+        if status in ("Completed", "Failed", "Stopped"):
+            return described
+        time.sleep(POLL_SECONDS)
+
+
+def tuning_training_jobs(session, tuning_job_name: str) -> list[dict]:
+    """The tuning job's training jobs, each with its hyperparameters and final objective."""
+    import botocore.exceptions
+    client = session.sagemaker_client
+    try:
+        pages = client.get_paginator("list_training_jobs_for_hyper_parameter_tuning_job")
+        summaries = [summary for page in pages.paginate(
+            HyperParameterTuningJobName=tuning_job_name) for summary in
+            page["TrainingJobSummaries"]]
+    except botocore.exceptions.ClientError as error:
+        print(f"warning: cannot list the tuning job's training jobs ({error}); showing the "
+              "best job only", file=sys.stderr)
+        return []
+    return [{"job": summary["TrainingJobName"], "status": summary["TrainingJobStatus"],
+             "hyperparameters": summary.get("TunedHyperParameters", {}),
+             "objective": (summary.get("FinalHyperParameterTuningJobObjectiveMetric") or {})
+             .get("Value"), "failure": summary.get("FailureReason")} for summary in summaries]
+
+
+# ---- serving ----------------------------------------------------------------------------
+
+def serving_environment(config: Config) -> dict[str, str]:
+    env = {}
+    if config.serving.workers:
+        env["SAGEMAKER_MODEL_SERVER_WORKERS"] = str(config.serving.workers)
+    return env
+
+
+def deploy_endpoint(config: Config, session, backend: str, model_data: str, name: str,
+                    wait: bool = True):
+    """Model + endpoint config + endpoint on our serving image; returns the SDK Predictor."""
+    from sagemaker.model import Model
+    from sagemaker.predictor import Predictor
+    model = Model(image_uri=config.image("serve", backend), model_data=model_data,
+                  role=config.aws.role_arn or "arn:aws:iam::123456789012:role/LocalMode",
+                  sagemaker_session=session, predictor_cls=Predictor, name=name,
+                  env=serving_environment(config))
+    instance_type = "local" if backend == "local" else config.serving.instance_type
+    return model.deploy(initial_instance_count=config.serving.instance_count,
+                        instance_type=instance_type, endpoint_name=name, wait=wait)
+
+
+def wait_for_endpoint(session, name: str) -> dict:
+    client = session.sagemaker_client
+    seen = None
+    while True:
+        described = client.describe_endpoint(EndpointName=name)
+        status = described["EndpointStatus"]
+        if status != seen:
+            print(f"  {time.strftime('%H:%M:%S')} endpoint {name}: {status}", flush=True)
+            seen = status
+        if status in ("InService", "Failed", "OutOfService"):
+            return described
+        time.sleep(POLL_SECONDS)
+
+
+def invoke_endpoint(config: Config, name: str, body: bytes, content_type: str,
+                    top_k: int) -> tuple[int, bytes]:
+    """One real `InvokeEndpoint` call; (status, body). 4xx from the model come back as errors."""
+    import botocore.exceptions
+    runtime = aws_session(config).client("sagemaker-runtime")
+    try:
+        answer = runtime.invoke_endpoint(EndpointName=name, Body=body, ContentType=content_type,
+                                         Accept="application/json",
+                                         CustomAttributes=f"top_k={top_k}")
+    except runtime.exceptions.ModelError as error:
+        return (error.response.get("OriginalStatusCode", 500),
+                error.response.get("OriginalMessage", str(error)).encode())
+    except botocore.exceptions.ClientError as error:
+        raise LauncherError(f"InvokeEndpoint {name} failed: {error}") from None
+    return 200, answer["Body"].read()
+
+
+def delete_endpoint(config: Config, name: str, model_name: str | None) -> list[str]:
+    """Delete the endpoint, its config and its model; what was deleted (missing is fine)."""
+    import botocore.exceptions
+    client = aws_session(config).client("sagemaker")
+    deleted = []
+    for kind, call, key, value in (
+            ("endpoint", client.delete_endpoint, "EndpointName", name),
+            ("endpoint config", client.delete_endpoint_config, "EndpointConfigName", name),
+            ("model", client.delete_model, "ModelName", model_name or name)):
+        try:
+            call(**{key: value})
+            deleted.append(f"{kind} {value}")
+        except botocore.exceptions.ClientError as error:
+            if "not found" not in str(error).lower() and "could not find" not in \
+                    str(error).lower():
+                raise LauncherError(f"cannot delete {kind} {value}: {error}") from None
+    return deleted
