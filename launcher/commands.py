@@ -24,6 +24,12 @@ from launcher.state import load_state, save_state, update_state
 
 # ---- shared -----------------------------------------------------------------------------
 
+def again(args) -> str:
+    """The options to repeat in a suggested next command (same config, same workdir)."""
+    return "".join(f" --{key} {value}" for key, value in
+                   (("config", args.config), ("workdir", args.workdir)) if value)
+
+
 def effective_config_file(config: Config, workdir: Path) -> Path:
     """The config as one file that child processes (trials, endpoints) load the same way."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -67,12 +73,14 @@ def parse_settings(pairs: list[str]) -> dict[str, str]:
 
 
 def start_job(backend: str, config: Config, workdir: Path, config_file: Path, name: str,
-              hyperparameters: dict[str, str], data_dir: Path) -> tuple[jobs.RunningJob, Path]:
+              hyperparameters: dict[str, str], data_dir: Path,
+              sharing: int = 1) -> tuple[jobs.RunningJob, Path]:
     """A training job on a local backend, running; (job, its folder)."""
     job_dir = workdir / "jobs" / name
     channels = jobs.data_channels(data_dir)
     if backend == "process":
-        return jobs.start_process_job(job_dir, hyperparameters, channels, name), job_dir
+        return jobs.start_process_job(job_dir, hyperparameters, channels, name,
+                                      sharing), job_dir
     job_dir.mkdir(parents=True, exist_ok=True)
     (job_dir / "hyperparameters.json").write_text(json.dumps(hyperparameters, indent=2))
     command = [sys.executable, "-m", "launcher.local_mode_job", str(config_file), name,
@@ -197,8 +205,8 @@ def tune(args, config: Config, workdir: Path) -> int:
     print(f"best job: {best['job']} with {tuning.objective}={best['objective']:.4f}")
     print("  " + " ".join(f"{key}={document['hyperparameters'][key]}" for key in tuned))
     print(f"best hyperparameters written to {best_file}\n"
-          f"next: python -m launcher train --backend {args.backend} --hyperparameters "
-          f"{best_file}")
+          f"next: python -m launcher train --backend {args.backend}{again(args)} "
+          f"--hyperparameters {best_file}")
     return 0
 
 
@@ -214,7 +222,8 @@ def _tune_locally(args, config: Config, workdir: Path, study_dir: Path, static: 
 
     def start(name: str, hyperparameters: dict[str, Any]):
         job, job_dir = start_job(args.backend, config, workdir, config_file, name,
-                                 {k: str(v) for k, v in hyperparameters.items()}, data_dir)
+                                 {k: str(v) for k, v in hyperparameters.items()}, data_dir,
+                                 sharing=config.tuning.max_parallel_jobs)
         job_dirs[name] = job_dir
         return job
 
@@ -293,8 +302,8 @@ def train(args, config: Config, workdir: Path) -> int:
     update_state(workdir, last_training={"backend": args.backend, "job": name,
                                          "artifact": artifact})
     print(f"\ntraining job {name} completed; the model is at {artifact}\n"
-          f"next: python -m launcher deploy --backend {args.backend}   (deploys it)\n"
-          f"      python -m launcher report --backend {args.backend}   (its report)")
+          f"next: python -m launcher deploy --backend {args.backend}{again(args)}   (deploys it)\n"
+          f"      python -m launcher report --backend {args.backend}{again(args)}   (its report)")
     return 0
 
 
@@ -338,7 +347,7 @@ def deploy(args, config: Config, workdir: Path) -> int:
             raise LauncherError(f"endpoint {name} is {described['EndpointStatus']}: "
                                 f"{described.get('FailureReason', 'no reason given')}")
         print(f"endpoint {name} is in service\n"
-              f"next: python -m launcher predict --backend sagemaker IMAGE...")
+              f"next: python -m launcher predict{again(args)} IMAGE...")
         return 0
     port = args.port or endpoints.free_port()
     url = f"http://127.0.0.1:{port}"
@@ -362,7 +371,8 @@ def deploy(args, config: Config, workdir: Path) -> int:
         raise
     print(f"endpoint {name} is ready after {seconds:.1f} s at {url}\n"
           f"  curl -s -H 'Content-Type: image/jpeg' --data-binary @photo.jpg {url}/invocations\n"
-          f"next: python -m launcher predict IMAGE...    stop: python -m launcher cleanup")
+          f"next: python -m launcher predict{again(args)} IMAGE...\n"
+          f"stop: python -m launcher cleanup{again(args)}")
     return 0
 
 

@@ -140,7 +140,8 @@ class TuningSection(_Section):
         try:
             return TuningSection.model_validate(values)
         except ValidationError as error:
-            raise LauncherError(_describe(error, "tuning")) from None
+            raise LauncherError(_describe(error, "with the command-line options",
+                                          prefix="tuning.")) from None
 
 
 class ServingSection(_Section):
@@ -214,12 +215,12 @@ def load_config(path: str | Path | None) -> Config:
         raise LauncherError(_describe(error, str(path))) from None
 
 
-def _describe(error: ValidationError, where: str) -> str:
+def _describe(error: ValidationError, where: str, prefix: str = "") -> str:
     lines = []
     for problem in error.errors():
-        key = ".".join(str(part) for part in problem["loc"]) or "(top level)"
+        key = prefix + ".".join(str(part) for part in problem["loc"]) or "(top level)"
         message = problem["msg"].removeprefix("Value error, ")
         if problem["type"] == "extra_forbidden":
             message = "unknown key"
         lines.append(f"  {key}: {message}")
-    return f"config {where} is not valid:\n" + "\n".join(lines)
+    return f"the config {where} is not valid:\n" + "\n".join(lines)

@@ -1,65 +1,72 @@
-"""`make demo` for now: sample data -> one training job in the process backend's layout.
+"""`make demo`: the whole flow on the process backend, offline, on the CPU.
 
-Offline and CPU-only. The launcher's commands (data, tune, train, deploy, predict) will
-take this over; until then it shows the training program's whole contract at work.
+sample data -> tune (a few small trials, 2 at a time) -> train with the best
+hyperparameters -> deploy (a local serve process) -> predict on test images -> report ->
+cleanup. Each step is the same `python -m launcher` command a user would type (printed
+before it runs), with config/demo.toml.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from launcher.job_dir import prepare_training_dir
+from launcher.cli import main as launcher
 
-# From scratch at 64 px: the only setting that learns in a minute on 2 CPU cores without
-# the ImageNet weights (which these machines cannot download).
-DEMO_HYPERPARAMETERS = {"epochs": 6, "batch-size": 16, "image-size": 64, "pretrained": "none",
-                        "trainable": "all", "lr": 0.001, "patience": 2}
+CONFIG = "config/demo.toml"
+
+
+def step(number: int, argv: list[str]) -> None:
+    print(f"\n=== {number}/7  python -m launcher {' '.join(argv)}", flush=True)
+    code = launcher(argv)
+    if code != 0:
+        raise SystemExit(f"demo step {number} failed (exit {code}); see the messages above")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m launcher.demo", description=__doc__)
-    parser.add_argument("--out", default="demo_output", help="folder for data and job "
-                        "(replaced; default demo_output)")
-    parser.add_argument("--classes", type=int, default=5, help="breeds in the sample data")
+    parser.add_argument("--out", default="demo_output", help="folder the demo config writes "
+                        "to; removed first (default demo_output)")
     args = parser.parse_args(argv)
-
-    out = Path(args.out)
-    if out.exists():
-        shutil.rmtree(out)
-    data, job = out / "data", out / "job"
-    print(f"1/2 writing sample data to {data}", flush=True)
-    subprocess.run([sys.executable, "-m", "dogbreed.sample_data", str(data),
-                    "--classes", str(args.classes), "--images-per-class", "30"], check=True)
-
-    print(f"2/2 training: SAGEMAKER_BASE_DIR={job} python -m dogbreed.train", flush=True)
-    prepare_training_dir(job, DEMO_HYPERPARAMETERS,
-                         {name: data / name for name in ("train", "valid", "test")})
+    if Path(args.out).exists():
+        shutil.rmtree(args.out)
     started = time.monotonic()
-    code = subprocess.run([sys.executable, "-m", "dogbreed.train"],
-                          env=dict(os.environ, SAGEMAKER_BASE_DIR=str(job))).returncode
-    if code != 0:
-        reason = (job / "output" / "failure").read_text().strip()
-        print(f"training failed (exit {code}): {reason}", file=sys.stderr)
-        return code
-    description = json.loads((job / "model" / "model.json").read_text())
-    final = description["metrics"]
-    print(f"\ndone in {time.monotonic() - started:.0f} s: test accuracy "
-          f"{final.get('test_accuracy', float('nan')):.3f} over {description['num_classes']} "
-          f"breeds (chance {1 / description['num_classes']:.3f}), best epoch "
-          f"{description['training']['best_epoch']}\nlook at:\n"
-          f"  {job / 'model' / 'model.json'}     what serving will load (classes, "
-          "preprocessing, metrics)\n"
-          f"  {job / 'model' / 'metrics.json'}   per-epoch metrics\n"
-          f"  {job / 'checkpoints'}/            what a restarted job resumes from")
+    common = ["--config", CONFIG]
+    data = Path(args.out) / "data"
+    workdir = Path(args.out) / "runs"
+    step(1, ["data", "--synthetic", *common])
+    step(2, ["tune", *common, "--seed", "0"])
+    best = workdir / "tuning" / "dogbreed-tune" / "best.json"
+    step(3, ["train", *common, "--hyperparameters", str(best)])
+    images = [sorted(folder.glob("*.jpg"))[0] for folder in sorted((data / "test").iterdir())][:3]
+    try:
+        step(4, ["deploy", *common])
+        step(5, ["predict", *common, *map(str, images), "--top-k", "3"])
+    finally:
+        step(6, ["cleanup", *common])
+    step(7, ["report", *common])
+    state = json.loads((workdir / "state.json").read_text())
+    job = state["last_training"]["job"]
+    model = json.loads((Path(state["last_training"]["artifact"]) / "model.json").read_text())
+    found = json.loads(best.read_text())
+    print(f"\ndemo done in {time.monotonic() - started:.0f} s. Best tuning job "
+          f"{found['best_job']} ({found['objective']['name']}="
+          f"{found['objective']['value']:.4f}); final model: test accuracy "
+          f"{model['metrics'].get('test_accuracy', float('nan')):.3f} over "
+          f"{model['num_classes']} breeds (chance {1 / model['num_classes']:.2f}).\n"
+          "Look at:\n"
+          f"  {workdir / 'tuning/dogbreed-tune/jobs.txt'}   every tuning job and its result\n"
+          f"  {workdir / 'tuning/dogbreed-tune/trials.png'}  the trials plotted\n"
+          f"  {best}  the best hyperparameters (train --hyperparameters takes it)\n"
+          f"  {workdir / 'reports' / (job + '.html')}  the training report (a browser)\n"
+          f"  {workdir / 'jobs' / job}/  the job's /opt/ml tree: model/, checkpoints/, "
+          "output/, train.log")
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

@@ -88,10 +88,17 @@ class RunningJob:
 
 
 def start_process_job(job_dir: Path, hyperparameters: Mapping[str, object],
-                      channels: Mapping[str, Path], name: str) -> RunningJob:
-    """The training program on a folder laid out like /opt/ml (resumes if it has a checkpoint)."""
+                      channels: Mapping[str, Path], name: str, sharing: int = 1) -> RunningJob:
+    """The training program on a folder laid out like /opt/ml (resumes if it has a checkpoint).
+
+    `sharing` jobs run side by side on this machine: each gets that share of the CPU
+    threads, since every one of them would otherwise use them all (measured on 2 cores:
+    two 4-epoch jobs side by side took 110-170 s each, against 21 s for one alone).
+    """
     prepare_training_dir(job_dir, hyperparameters, channels)
     env = dict(os.environ, SAGEMAKER_BASE_DIR=str(job_dir.resolve()), PYTHONUNBUFFERED="1")
+    if sharing > 1 and "OMP_NUM_THREADS" not in os.environ:
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // sharing))
     return RunningJob(name, [sys.executable, "-m", "dogbreed.train"], env, job_dir / "train.log")
 
 

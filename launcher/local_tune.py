@@ -172,14 +172,16 @@ def run_study(config: Config, study_dir: Path, backend_job: TrialJob,
 
     storage = optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(str(study_dir / STUDY_FILE)))
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # Our own lines say what each trial did; Optuna would repeat failures as tracebacks.
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     epochs = int(static_hyperparameters.get("epochs", 10))
     study = optuna.create_study(study_name=study_dir.name, storage=storage,
                                 load_if_exists=True, sampler=sampler_for(tuning, seed),
                                 pruner=pruner_for(tuning, epochs),
                                 direction=tuning.direction.lower())
     _requeue_interrupted(study, storage)
-    finished = [t for t in study.trials if t.state.is_finished()]
+    # A job cut off by an interruption does not count against max jobs: it runs again.
+    finished = [t for t in study.trials if t.state.is_finished() and not _interrupted(t)]
     remaining = planned_jobs(tuning) - len(finished)
     if finished:
         print(f"resuming {study_dir}: {len(finished)} trial(s) done, {max(remaining, 0)} to "
@@ -207,12 +209,24 @@ def run_study(config: Config, study_dir: Path, backend_job: TrialJob,
 
 
 def _requeue_interrupted(study: optuna.Study, storage) -> None:
-    """Trials left RUNNING by an interrupted tune: marked failed and queued again."""
+    """Jobs cut off by an interrupted tune (Ctrl-C, or the machine went away) run again,
+    under the same name and hyperparameters, once each."""
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        # Optuna has no public "abandon this trial" call; the storage's own is used.
+        # Left RUNNING by a tune that was killed: Optuna has no public "abandon" call.
         storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-        study.enqueue_trial(trial.params, user_attrs={"job": trial.user_attrs.get("job")},
-                            skip_if_exists=False)
+    trials = study.get_trials(deepcopy=False)
+    for trial in trials:
+        job = trial.user_attrs.get("job")
+        if not _interrupted(trial) or job is None:
+            continue
+        if any(later.number > trial.number and later.user_attrs.get("job") == job
+               for later in trials):
+            continue  # queued again already
+        study.enqueue_trial(trial.params, user_attrs={"job": job}, skip_if_exists=False)
+
+
+def _interrupted(trial: optuna.trial.FrozenTrial) -> bool:
+    return trial.state == TrialState.FAIL and "failure" not in trial.user_attrs
 
 
 def _run_trial(trial: optuna.Trial, backend_job: TrialJob, name: str,
@@ -289,7 +303,7 @@ def trials_summary(study: optuna.Study) -> list[dict[str, Any]]:
         status = {TrialState.COMPLETE: "Completed", TrialState.PRUNED: "Stopped",
                   TrialState.FAIL: "Failed", TrialState.RUNNING: "InProgress",
                   TrialState.WAITING: "Pending"}[trial.state]
-        if trial.state == TrialState.FAIL and not trial.user_attrs.get("failure"):
+        if _interrupted(trial):
             status = "Interrupted"
         rows.append({"job": trial.user_attrs.get("job", f"trial-{trial.number}"),
                      "status": status,
