@@ -127,6 +127,9 @@ def data(args, config: Config, workdir: Path) -> int:
         print(f"wrote synthetic data to {dest}: " +
               ", ".join(f"{split} {count}" for split, count in counts.items()))
         root = dest
+    elif (dest / "train").is_dir() and not args.zip:
+        print(f"{dest} already holds the data: validating it (remove it to download again)")
+        root = dest
     else:
         if args.zip:
             archive = Path(args.zip)
@@ -203,7 +206,7 @@ def tune(args, config: Config, workdir: Path) -> int:
     update_state(workdir, last_tuning={"backend": args.backend, "name": name,
                                        "best": str(best_file)})
     print(f"best job: {best['job']} with {tuning.objective}={best['objective']:.4f}")
-    print("  " + " ".join(f"{key}={document['hyperparameters'][key]}" for key in tuned))
+    print("  " + " ".join(f"{key}={document['hyperparameters'].get(key, '?')}" for key in tuned))
     print(f"best hyperparameters written to {best_file}\n"
           f"next: python -m launcher train --backend {args.backend}{again(args)} "
           f"--hyperparameters {best_file}")

@@ -10,6 +10,7 @@ Both `local` (SageMaker local mode: our images under Docker, no AWS) and `sagema
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
@@ -29,6 +30,8 @@ def quiet_sdk(workdir: Path) -> None:
     """Keep the SDK from phoning home: no telemetry, no metadata service, no v3 banner."""
     os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
     os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
+    # "Fetched defaults config from ..." on every call is noise next to our own lines.
+    logging.getLogger("sagemaker.config").setLevel(logging.WARNING)
     if "SAGEMAKER_USER_CONFIG_OVERRIDE" not in os.environ:
         workdir.mkdir(parents=True, exist_ok=True)
         path = workdir / "sagemaker-sdk-config.yaml"
@@ -90,6 +93,11 @@ def sagemaker_session(config: Config, workdir: Path):
     import sagemaker
     return sagemaker.Session(boto_session=boto_session,
                              default_bucket=config.aws.bucket)
+
+
+def short_error(error: Exception) -> str:
+    """An AWS error's first line, without an HTML error page a server may have attached."""
+    return str(error).splitlines()[0].split(": <", 1)[0]
 
 
 # ---- training ---------------------------------------------------------------------------
@@ -227,8 +235,8 @@ def tuning_training_jobs(session, tuning_job_name: str) -> list[dict]:
             HyperParameterTuningJobName=tuning_job_name) for summary in
             page["TrainingJobSummaries"]]
     except botocore.exceptions.ClientError as error:
-        print(f"warning: cannot list the tuning job's training jobs ({error}); showing the "
-              "best job only", file=sys.stderr)
+        print(f"warning: cannot list the tuning job's training jobs ({short_error(error)}); "
+              "showing the best job only", file=sys.stderr)
         return []
     return [{"job": summary["TrainingJobName"], "status": summary["TrainingJobStatus"],
              "hyperparameters": summary.get("TunedHyperParameters", {}),
@@ -286,7 +294,7 @@ def invoke_endpoint(config: Config, name: str, body: bytes, content_type: str,
         return (error.response.get("OriginalStatusCode", 500),
                 error.response.get("OriginalMessage", str(error)).encode())
     except botocore.exceptions.ClientError as error:
-        raise LauncherError(f"InvokeEndpoint {name} failed: {error}") from None
+        raise LauncherError(f"InvokeEndpoint {name} failed: {short_error(error)}") from None
     return 200, answer["Body"].read()
 
 
