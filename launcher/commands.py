@@ -368,7 +368,9 @@ def deploy(args, config: Config, workdir: Path) -> int:
     save_state(workdir, update_last(state, name))
     print(f"starting endpoint {name} ({args.backend}) on {url} ...", flush=True)
     try:
-        seconds = endpoints.wait_until_ready(process, url, endpoint_dir / "serve.log")
+        seconds = endpoints.wait_until_ready(
+            process, url, endpoint_dir / "serve.log",
+            endpoint_dir / endpoints.READY_FILE if args.backend == "local" else None)
     except LauncherError:
         _forget(workdir, name)
         raise

@@ -20,7 +20,7 @@ from launcher.errors import LauncherError
 
 SPLITS = ("train", "valid", "test")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
-CHUNK = 1 << 20
+CHUNK = 1 << 16  # what a broken-off download can lose at most
 
 
 def download(url: str, target: Path, expected_size: int | None) -> Path:

@@ -75,20 +75,26 @@ def start_serve_process(model_dir: Path, endpoint_dir: Path, port: int,
                                 stderr=subprocess.STDOUT, start_new_session=True)
 
 
+READY_FILE = "in-service"
+
+
 def start_local_mode_endpoint(config_file: Path, name: str, model_tarball: Path, port: int,
                               endpoint_dir: Path, workdir: Path) -> subprocess.Popen:
     endpoint_dir.mkdir(parents=True, exist_ok=True)
+    (endpoint_dir / READY_FILE).unlink(missing_ok=True)
     with open(endpoint_dir / "serve.log", "w") as log:
         return subprocess.Popen(
             [sys.executable, "-m", "launcher.local_endpoint", str(config_file), name,
-             f"file://{model_tarball.resolve()}", str(port), str(workdir.resolve())],
+             f"file://{model_tarball.resolve()}", str(port), str(workdir.resolve()),
+             str((endpoint_dir / READY_FILE).resolve())],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             env=dict(os.environ, PYTHONUNBUFFERED="1"))
 
 
 def wait_until_ready(process: subprocess.Popen, url: str, log: Path,
-                     timeout: float = 600) -> float:
-    """Seconds until GET /ping is 200; the log's tail in the error if the server died."""
+                     ready_file: Path | None = None, timeout: float = 600) -> float:
+    """Seconds until GET /ping is 200 (and `ready_file` exists, where the endpoint's host
+    process says it is done deploying); the log's tail in the error if the server died."""
     import requests
     started = time.monotonic()
     while time.monotonic() - started < timeout:
@@ -97,7 +103,8 @@ def wait_until_ready(process: subprocess.Popen, url: str, log: Path,
             raise LauncherError(f"the endpoint exited with {process.returncode} before it was "
                                 f"ready; the end of {log}:\n{tail}")
         try:
-            if requests.get(f"{url}/ping", timeout=2).status_code == 200:
+            if requests.get(f"{url}/ping", timeout=2).status_code == 200 and \
+                    (ready_file is None or ready_file.exists()):
                 return time.monotonic() - started
         except requests.RequestException:
             pass
@@ -109,9 +116,10 @@ def wait_until_ready(process: subprocess.Popen, url: str, log: Path,
 ENDPOINT_COMMANDS = ("dogbreed.serve", "launcher.local_endpoint")
 
 
-def stop_process(pid: int, timeout: float = 60) -> bool:
-    """SIGTERM the endpoint's process group and wait; False if it was already gone (or the
-    pid now belongs to something else, after a reboot)."""
+def stop_process(pid: int, timeout: float = 120) -> bool:
+    """SIGTERM the endpoint's process (which stops what it started) and wait for its whole
+    process group to end, killing what is left after `timeout`. False if it was already
+    gone, or the pid now belongs to something else (after a reboot)."""
     import psutil
     try:
         command = " ".join(psutil.Process(pid).cmdline())
@@ -120,16 +128,16 @@ def stop_process(pid: int, timeout: float = 60) -> bool:
     if not any(name in command for name in ENDPOINT_COMMANDS):
         return False
     try:
-        os.killpg(pid, signal.SIGTERM)
+        os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
         return False
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        _reap(pid)
         try:
             os.killpg(pid, 0)
         except ProcessLookupError:
             return True
-        _reap(pid)
         time.sleep(0.2)
     os.killpg(pid, signal.SIGKILL)
     return True

@@ -4,7 +4,7 @@ Local mode keeps an endpoint alive only while the Python process that deployed i
 `deploy --backend local` starts this module in the background; `cleanup` sends it SIGTERM,
 and it deletes the model and endpoint the SDK's way (which stops the container).
 
-    python -m launcher.local_endpoint CONFIG NAME MODEL_DATA PORT WORKDIR
+    python -m launcher.local_endpoint CONFIG NAME MODEL_DATA PORT WORKDIR READY_FILE
 """
 
 from __future__ import annotations
@@ -15,17 +15,19 @@ import threading
 from pathlib import Path
 
 from launcher.config import load_config
-from launcher.sagemaker_sdk import deploy_endpoint, local_session
+from launcher.local_mode_job import remove_containers
+from launcher.sagemaker_sdk import ENDPOINT_VARIABLE, deploy_endpoint, local_session
 
 
 def main(argv: list[str]) -> int:
-    config_path, name, model_data, port, workdir = argv
+    config_path, name, model_data, port, workdir, ready_file = argv
     config = load_config(config_path)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
     session = local_session(Path(workdir), serving_port=int(port))
     predictor = deploy_endpoint(config, session, "local", model_data, name)
     print(f"local-mode endpoint {name} is in service on port {port}", flush=True)
+    Path(ready_file).touch()
     try:
         while not stop.wait(1):
             pass
@@ -33,6 +35,7 @@ def main(argv: list[str]) -> int:
         print(f"deleting local-mode endpoint {name}", flush=True)
         predictor.delete_model()  # needs the endpoint config, so before the endpoint
         predictor.delete_endpoint()
+        remove_containers(config.image("serve", "local"), f"{ENDPOINT_VARIABLE}={name}")
     return 0
 
 

@@ -20,18 +20,26 @@ from launcher.jobs import data_channels
 from launcher.sagemaker_sdk import fit_local
 
 
-def job_containers(image: str, job_name: str) -> list[str]:
-    """Running containers of one local-mode job (local mode sets TRAINING_JOB_NAME)."""
-    ids = subprocess.run(["docker", "ps", "-q", "--filter", f"ancestor={image}"],
-                         capture_output=True, text=True).stdout.split()
+def containers_with(image: str, variable: str, every: bool = False) -> list[str]:
+    """Containers of `image` whose environment has `variable` (NAME=value); running ones,
+    or all of them with `every`."""
+    ids = subprocess.run(["docker", "ps", "-q", *(["-a"] if every else []), "--filter",
+                          f"ancestor={image}"], capture_output=True, text=True).stdout.split()
     found = []
     for container in ids:
         env = subprocess.run(["docker", "inspect", "--format", "{{range .Config.Env}}"
                               "{{println .}}{{end}}", container],
                              capture_output=True, text=True).stdout.splitlines()
-        if f"TRAINING_JOB_NAME={job_name}" in env:
+        if variable in env:
             found.append(container)
     return found
+
+
+def remove_containers(image: str, variable: str) -> None:
+    """Local mode never removes its containers; this does, once they are done with."""
+    leftovers = containers_with(image, variable, every=True)
+    if leftovers:
+        subprocess.run(["docker", "rm", "-f", *leftovers], capture_output=True)
 
 
 def main(argv: list[str]) -> int:
@@ -40,7 +48,7 @@ def main(argv: list[str]) -> int:
     image = config.image("train", "local")
 
     def stop(signum, frame):
-        containers = job_containers(image, name)
+        containers = containers_with(image, f"TRAINING_JOB_NAME={name}")
         print(f"stopping local-mode job {name} ({len(containers)} container(s))", flush=True)
         if containers:
             subprocess.run(["docker", "stop", "--time", "60", *containers], capture_output=True)
@@ -53,6 +61,8 @@ def main(argv: list[str]) -> int:
     except Exception as error:  # the SDK's error for a failed job: its reason is in the log
         print(f"local-mode job {name} failed: {error}", flush=True)
         return 1
+    finally:
+        remove_containers(image, f"TRAINING_JOB_NAME={name}")
     return 0
 
 

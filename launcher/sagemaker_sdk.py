@@ -23,6 +23,8 @@ from launcher.ranges import HyperparameterRange
 
 TELEMETRY_OPT_OUT = ("SchemaVersion: '1.0'\nSageMaker:\n  PythonSDK:\n    Modules:\n"
                      "      TelemetryOptOut: true\n")
+# Set in a local-mode endpoint's container, so that its container can be found again.
+ENDPOINT_VARIABLE = "DOGBREED_LOCAL_ENDPOINT"
 POLL_SECONDS = float(os.environ.get("LAUNCHER_POLL_SECONDS", "30"))
 
 
@@ -258,10 +260,12 @@ def deploy_endpoint(config: Config, session, backend: str, model_data: str, name
     """Model + endpoint config + endpoint on our serving image; returns the SDK Predictor."""
     from sagemaker.model import Model
     from sagemaker.predictor import Predictor
+    env = serving_environment(config)
+    if backend == "local":
+        env[ENDPOINT_VARIABLE] = name
     model = Model(image_uri=config.image("serve", backend), model_data=model_data,
                   role=config.aws.role_arn or "arn:aws:iam::123456789012:role/LocalMode",
-                  sagemaker_session=session, predictor_cls=Predictor, name=name,
-                  env=serving_environment(config))
+                  sagemaker_session=session, predictor_cls=Predictor, name=name, env=env)
     instance_type = "local" if backend == "local" else config.serving.instance_type
     return model.deploy(initial_instance_count=config.serving.instance_count,
                         instance_type=instance_type, endpoint_name=name, wait=wait)
