@@ -1,5 +1,5 @@
 # Everything starts from a fresh Debian/Ubuntu machine with Python 3.11:
-#   make demo    sample data -> one training job, offline, on the CPU
+#   make demo    sample data -> tune -> train -> deploy -> predict -> report, offline, on the CPU
 #   make test    the test suite (what CI runs)
 # Both create or reuse .venv at the project root.
 
@@ -52,6 +52,7 @@ local-mode-test: venv
 benchmark: venv java
 	$(VENV_PYTHON) benchmarks/train_throughput.py
 	$(VENV_PYTHON) benchmarks/serve_latency.py
+	$(VENV_PYTHON) benchmarks/tune_overhead.py
 
 # The base, training and serving images (docker/build.sh says which settings it takes:
 # BASE_IMAGE, IMAGENET_WEIGHTS, TAG).
@@ -70,4 +71,4 @@ test-base:
 	bash docker/test_base.sh
 
 clean:
-	rm -rf demo_output benchmarks/output .pytest_cache
+	rm -rf demo_output runs benchmarks/output .pytest_cache

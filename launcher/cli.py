@@ -134,6 +134,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as error:
+        # AWS said no (a name taken, a missing permission, a quota): its message is the
+        # answer; a traceback through the SDK would only hide it.
+        if not type(error).__module__.startswith(("botocore", "boto3")):
+            raise
+        print(f"error: AWS refused: {str(error).splitlines()[0]}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

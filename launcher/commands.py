@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import sys
 import tarfile
 import time
@@ -170,8 +171,10 @@ def tune(args, config: Config, workdir: Path) -> int:
     static = {key: value for key, value in
               merged_hyperparameters(config, None, parse_settings(args.set)).items()
               if key not in tuning.ranges}
+    # SageMaker: tuning job names are unique per account and at most 32 characters.
     name = args.name or ("dogbreed-tune" if args.backend != "sagemaker"
-                         else jobs.job_name("dogbreed-tune")[:32])
+                         else f"dogbreed-tune-{time.strftime('%m%d-%H%M%S')}-"
+                              f"{secrets.token_hex(2)}")
     study_dir = workdir / "tuning" / name
     print(f"tuning on the {args.backend} backend: {tuning.strategy}, {tuning.direction.lower()} "
           f"{tuning.objective}, up to {tuning.max_jobs} job(s), {tuning.max_parallel_jobs} at "
