@@ -75,12 +75,17 @@ def build_parser() -> argparse.ArgumentParser:
                       "Auto, Linear, Logarithmic or ReverseLogarithmic (repeatable)")
     tune.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                       help="a static hyperparameter for every job (repeatable)")
-    tune.add_argument("--seed", type=int, help="local: the sampler's seed (reproducible order)")
+    tune.add_argument("--seed", type=int, help="local: the sampler's seed (the same "
+                      "hyperparameters in the same order; Bayesian also depends on which "
+                      "parallel job finishes first)")
     tune.add_argument("--fresh", action="store_true",
                       help="local: start the study over instead of resuming it")
     tune.add_argument("--no-wait", action="store_true", help="sagemaker: start and return")
+    tune.add_argument("--attach", action="store_true", help="sagemaker: do not start a job; "
+                      "wait for the one named --name and show its results")
 
-    train = command("train", "Run one training job and print where its model is.")
+    train = command("train", "Run one training job and print where its model is (pass a "
+                    "tuner's best.json as --hyperparameters to train with what it found).")
     train.add_argument("--hyperparameters", metavar="FILE", help="JSON: a tuner's best.json or "
                        "a plain object of hyperparameters (over the config's)")
     train.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
@@ -125,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(args.config)
         workdir = Path(args.workdir or config.workdir)
+        if workdir.exists() and not workdir.is_dir():
+            raise LauncherError(f"the workdir {workdir} is a file, not a folder")
         if args.workdir:
             config = config.model_copy(update={"workdir": args.workdir})
         return getattr(commands, args.command)(args, config, workdir)

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
+import shutil
 import sys
 import tarfile
 import time
@@ -20,7 +22,7 @@ from dogbreed.hyperparameters import HyperparameterError, parse_hyperparameters
 from launcher import endpoints, jobs, tuning_results
 from launcher.config import Config
 from launcher.errors import LauncherError
-from launcher.state import load_state, save_state, update_state
+from launcher.state import load_state, locked_state, update_state
 
 
 # ---- shared -----------------------------------------------------------------------------
@@ -51,9 +53,12 @@ def merged_hyperparameters(config: Config, from_file: str | None,
             document = json.loads(path.read_text())
         except ValueError as error:
             raise LauncherError(f"hyperparameters file {path} is not JSON: {error}") from None
-        if not isinstance(document, dict):
-            raise LauncherError(f"hyperparameters file {path}: expected a JSON object")
-        values.update(document.get("hyperparameters", document))
+        found = document.get("hyperparameters", document) if isinstance(document, dict) \
+            else None
+        if not isinstance(found, dict):
+            raise LauncherError(f"hyperparameters file {path}: expected a JSON object of "
+                                "hyperparameters, or a tuner's best.json")
+        values.update(found)
     values.update(overrides)
     strings = {key: str(value) for key, value in values.items()}
     try:
@@ -61,6 +66,15 @@ def merged_hyperparameters(config: Config, from_file: str | None,
     except HyperparameterError as error:
         raise LauncherError(f"bad hyperparameters: {error}") from None
     return strings
+
+
+def checked_name(name: str, limit: int, what: str) -> str:
+    """SageMaker's naming rule (letters, digits, single hyphens inside), on every backend,
+    so a name that works locally also works on AWS."""
+    if len(name) > limit or not re.fullmatch(r"[a-zA-Z0-9](-*[a-zA-Z0-9])*", name):
+        raise LauncherError(f"{what} name {name!r}: use at most {limit} letters, digits and "
+                            "hyphens, starting and ending with a letter or digit")
+    return name
 
 
 def parse_settings(pairs: list[str]) -> dict[str, str]:
@@ -119,6 +133,8 @@ def data(args, config: Config, workdir: Path) -> int:
     dest = Path(args.dest or config.data.local_dir)
     if args.synthetic:
         from dogbreed.sample_data import write_sample_data
+        if dest.exists() and not dest.is_dir():
+            raise LauncherError(f"--dest {dest} is a file, not a folder")
         if dest.exists() and any(dest.iterdir()):
             raise LauncherError(f"{dest} is not empty: pick another --dest, or remove it first")
         try:
@@ -150,8 +166,8 @@ def data(args, config: Config, workdir: Path) -> int:
         raise LauncherError(f"the data in {root} cannot be trained on: "
                             f"{'; '.join(report['problems'])}")
     if args.upload:
-        from launcher.sagemaker_sdk import aws_session, s3_channels
-        target = s3_channels(config)["train"].rsplit("/", 1)[0]
+        from launcher.sagemaker_sdk import aws_session, s3_data_uri
+        target = s3_data_uri(config)
         sent = dataset.upload(root, target, aws_session(config))
         print(f"uploaded {sent} file(s) to {target} (others were already there)")
     return 0
@@ -172,6 +188,8 @@ def tune(args, config: Config, workdir: Path) -> int:
               merged_hyperparameters(config, None, parse_settings(args.set)).items()
               if key not in tuning.ranges}
     # SageMaker: tuning job names are unique per account and at most 32 characters.
+    if args.name:
+        checked_name(args.name, 32, "tuning job")
     name = args.name or ("dogbreed-tune" if args.backend != "sagemaker"
                          else f"dogbreed-tune-{time.strftime('%m%d-%H%M%S')}-"
                               f"{secrets.token_hex(2)}")
@@ -182,9 +200,14 @@ def tune(args, config: Config, workdir: Path) -> int:
     for range_name, spec in tuning.ranges.items():
         print(f"  {range_name}: {spec.describe()}")
     if args.backend == "sagemaker":
-        rows, best = _tune_on_sagemaker(args, config, workdir, name, static)
-        if best is None:
+        if args.no_wait:
+            _start_sagemaker_tuning(config, workdir, name, static)
+            print("not waiting (--no-wait); see it in the SageMaker console, and run `tune "
+                  f"--backend sagemaker --name {name} --attach` for its results")
             return 0
+        if not args.attach:
+            _start_sagemaker_tuning(config, workdir, name, static)
+        rows, best = _sagemaker_tuning_results(config, workdir, name, static)
     else:
         rows, best = _tune_locally(args, config, workdir, study_dir, static)
     study_dir.mkdir(parents=True, exist_ok=True)
@@ -208,7 +231,9 @@ def tune(args, config: Config, workdir: Path) -> int:
                                          name, args.backend)
     update_state(workdir, last_tuning={"backend": args.backend, "name": name,
                                        "best": str(best_file)})
-    print(f"best job: {best['job']} with {tuning.objective}={best['objective']:.4f}")
+    value = best["objective"]
+    shown = f"{value:.4f}" if isinstance(value, (int, float)) else str(value)
+    print(f"best job: {best['job']} with {tuning.objective}={shown}")
     print("  " + " ".join(f"{key}={document['hyperparameters'].get(key, '?')}" for key in tuned))
     print(f"best hyperparameters written to {best_file}\n"
           f"next: python -m launcher train --backend {args.backend}{again(args)} "
@@ -223,7 +248,7 @@ def _tune_locally(args, config: Config, workdir: Path, study_dir: Path, static: 
     config_file = effective_config_file(config, workdir)
     if args.backend == "local":
         from launcher.sagemaker_sdk import check_docker
-        check_docker()
+        check_docker(config.image("train", "local"))
     job_dirs: dict[str, Path] = {}
 
     def start(name: str, hyperparameters: dict[str, Any]):
@@ -236,34 +261,40 @@ def _tune_locally(args, config: Config, workdir: Path, study_dir: Path, static: 
     def outcome(job, code: int):
         return job_outcome(args.backend, job, job_dirs[job.name], code)
 
+    if args.fresh:  # trial jobs are named after the study; old ones would be resumed
+        for old in (workdir / "jobs").glob(f"{study_dir.name}-[0-9][0-9][0-9]"):
+            shutil.rmtree(old)
     study = local_tune.run_study(config, study_dir, local_tune.TrialJob(start, outcome), static,
                                  seed=args.seed, fresh=args.fresh)
     rows = local_tune.trials_summary(study)
     return rows, tuning_results.best_row(rows, config.tuning.direction)
 
 
-def _tune_on_sagemaker(args, config: Config, workdir: Path, name: str, static: dict):
+def _start_sagemaker_tuning(config: Config, workdir: Path, name: str, static: dict) -> None:
     from launcher import sagemaker_sdk
     session = sagemaker_sdk.sagemaker_session(config, workdir)
     sagemaker_sdk.start_tuning(config, session, name, static)
     print(f"started tuning job {name}")
     update_state(workdir, last_tuning={"backend": "sagemaker", "name": name})
-    if args.no_wait:
-        print("not waiting (--no-wait); see it in the SageMaker console")
-        return [], None
+
+
+def _sagemaker_tuning_results(config: Config, workdir: Path, name: str, static: dict):
+    """Wait for the tuning job; its jobs table and best job (or why there is none)."""
+    from launcher import sagemaker_sdk
+    session = sagemaker_sdk.sagemaker_session(config, workdir)
     described = sagemaker_sdk.wait_for_tuning(session, name)
     rows = sagemaker_sdk.tuning_training_jobs(session, name)
     best_job = described.get("BestTrainingJob")
     if not best_job:
-        return rows, None
+        raise LauncherError(f"tuning job {name} ended {described['HyperParameterTuningJobStatus']}"
+                            f" with no completed training job: "
+                            f"{described.get('FailureReason', 'see the jobs above')}")
     tuned = best_job.get("TunedHyperParameters", {})
     best = {"job": best_job["TrainingJobName"], "status": "Completed",
             "hyperparameters": dict(static, **{k: v.strip('"') for k, v in tuned.items()}),
             "objective": best_job.get("FinalHyperParameterTuningJobObjectiveMetric", {})
             .get("Value"), "seconds": None, "epochs": None, "failure": None}
-    if not rows:
-        rows = [best]
-    return rows, best
+    return rows or [best], best
 
 
 # ---- train ------------------------------------------------------------------------------
@@ -271,7 +302,7 @@ def _tune_on_sagemaker(args, config: Config, workdir: Path, name: str, static: d
 def train(args, config: Config, workdir: Path) -> int:
     hyperparameters = merged_hyperparameters(config, args.hyperparameters,
                                              parse_settings(args.set))
-    name = args.name or jobs.job_name()
+    name = checked_name(args.name, 63, "training job") if args.name else jobs.job_name()
     print(f"training job {name} on the {args.backend} backend")
     print("  " + " ".join(f"{key}={value}" for key, value in sorted(hyperparameters.items())))
     if args.backend == "sagemaker":
@@ -290,6 +321,10 @@ def train(args, config: Config, workdir: Path) -> int:
         artifact = described["ModelArtifacts"]["S3ModelArtifacts"]
     else:
         data_dir = Path(args.data or config.data.local_dir)
+        jobs.data_channels(data_dir)  # refuse before anything starts
+        if args.backend == "local":
+            from launcher.sagemaker_sdk import check_docker
+            check_docker(config.image("train", "local"))
         config_file = effective_config_file(config, workdir)
         job, job_dir = start_job(args.backend, config, workdir, config_file, name,
                                  hyperparameters, data_dir)
@@ -299,6 +334,8 @@ def train(args, config: Config, workdir: Path) -> int:
         except KeyboardInterrupt:
             job.stop()
             job.wait()
+            if args.backend == "local":  # local mode maps no checkpoint folder to this host
+                raise LauncherError(f"interrupted: local-mode job {name} stopped")
             raise LauncherError(f"interrupted: the job saved a checkpoint in {job_dir}; "
                                 f"`train --name {name}` with the same settings resumes it")
         outcome = job_outcome(args.backend, job, job_dir, job.wait())
@@ -329,8 +366,8 @@ def _last_artifact(args, workdir: Path) -> str:
 
 
 def deploy(args, config: Config, workdir: Path) -> int:
+    name = checked_name(args.name or f"dogbreed-{args.backend}", 63, "endpoint")
     artifact = _last_artifact(args, workdir)
-    name = args.name or f"dogbreed-{args.backend}"
     state = load_state(workdir)
     if name in state["endpoints"]:
         raise LauncherError(f"endpoint {name} is already deployed; `cleanup --endpoint {name}` "
@@ -344,10 +381,10 @@ def deploy(args, config: Config, workdir: Path) -> int:
             raise LauncherError(f"the sagemaker backend deploys a model.tar.gz in S3, not "
                                 f"{artifact}")
         session = sagemaker_sdk.sagemaker_session(config, workdir)
-        sagemaker_sdk.deploy_endpoint(config, session, "sagemaker", artifact, name, wait=False)
+        # Recorded first: if a later create fails, cleanup still deletes what was made.
         record.update(model_name=name, endpoint_config=name)
-        state["endpoints"][name] = record
-        save_state(workdir, update_last(state, name))
+        _remember(workdir, name, record)
+        sagemaker_sdk.deploy_endpoint(config, session, "sagemaker", artifact, name, wait=False)
         described = sagemaker_sdk.wait_for_endpoint(session, name)
         if described["EndpointStatus"] != "InService":
             raise LauncherError(f"endpoint {name} is {described['EndpointStatus']}: "
@@ -355,6 +392,12 @@ def deploy(args, config: Config, workdir: Path) -> int:
         print(f"endpoint {name} is in service\n"
               f"next: python -m launcher predict{again(args)} IMAGE...")
         return 0
+    if args.port and not endpoints.port_is_free(args.port):
+        raise LauncherError(f"port {args.port} is in use: pick another --port, or leave it "
+                            "out for a free one")
+    if args.backend == "local":
+        from launcher.sagemaker_sdk import check_docker
+        check_docker(config.image("serve", "local"))
     port = args.port or endpoints.free_port()
     url = f"http://127.0.0.1:{port}"
     if args.backend == "process":
@@ -367,8 +410,7 @@ def deploy(args, config: Config, workdir: Path) -> int:
                                                       name, tarball, port, endpoint_dir,
                                                       workdir)
     record.update(url=url, pid=process.pid, log=str(endpoint_dir / "serve.log"))
-    state["endpoints"][name] = record
-    save_state(workdir, update_last(state, name))
+    _remember(workdir, name, record)
     print(f"starting endpoint {name} ({args.backend}) on {url} ...", flush=True)
     try:
         seconds = endpoints.wait_until_ready(
@@ -384,17 +426,17 @@ def deploy(args, config: Config, workdir: Path) -> int:
     return 0
 
 
-def update_last(state: dict, name: str) -> dict:
-    state["last_endpoint"] = name
-    return state
+def _remember(workdir: Path, name: str, record: dict) -> None:
+    with locked_state(workdir) as state:
+        state["endpoints"][name] = record
+        state["last_endpoint"] = name
 
 
 def _forget(workdir: Path, name: str) -> None:
-    state = load_state(workdir)
-    state["endpoints"].pop(name, None)
-    if state.get("last_endpoint") == name:
-        state.pop("last_endpoint")
-    save_state(workdir, state)
+    with locked_state(workdir) as state:
+        state["endpoints"].pop(name, None)
+        if state.get("last_endpoint") == name:
+            state.pop("last_endpoint")
 
 
 # ---- predict ----------------------------------------------------------------------------
@@ -409,6 +451,8 @@ def predict(args, config: Config, workdir: Path) -> int:
                             " run `deploy` first, or pass --endpoint")
     record = state["endpoints"][name]
     top_k = args.top_k or config.serving.top_k
+    if args.json and not Path(args.json).parent.is_dir():
+        raise LauncherError(f"--json {args.json}: folder {Path(args.json).parent} not found")
     if record["backend"] == "sagemaker":
         from launcher import sagemaker_sdk
 
@@ -431,25 +475,38 @@ def predict(args, config: Config, workdir: Path) -> int:
 def report(args, config: Config, workdir: Path) -> int:
     from launcher.report import build_report
     last = load_state(workdir).get("last_training") or {}
-    source = args.model or last.get("artifact")
-    job = args.job or last.get("job") or "training job"
-    if args.job and not args.model:
-        source = _artifact_of_job(args, config, workdir, args.job)
+    if args.model:
+        source, job = args.model, args.job or _label_of(args.model)
+    elif args.job:
+        source, job = _artifact_of_job(args, config, workdir, args.job), args.job
+    else:
+        source, job = last.get("artifact"), last.get("job")
     if not source:
         raise LauncherError("no model to report on: pass --model or --job, or run `train` first")
+    out = Path(args.out) if args.out else workdir / "reports" / f"{job}.html"
+    if out.is_dir():
+        raise LauncherError(f"--out {out} is a folder; give the HTML file's name")
     scratch = workdir / "reports" / job
+    shutil.rmtree(scratch, ignore_errors=True)  # no file of an earlier report mixes in
     if source.startswith("s3://"):
         from launcher import sagemaker_sdk
         bucket, _, key = source.removeprefix("s3://").partition("/")
         scratch.mkdir(parents=True, exist_ok=True)
         local = scratch / "model.tar.gz"
+        print(f"fetching {source}")
         sagemaker_sdk.aws_session(config).client("s3").download_file(bucket, key, str(local))
         source = str(local)
     model_dir = endpoints.model_dir_of(Path(source), scratch / "model")
-    out = Path(args.out) if args.out else workdir / "reports" / f"{job}.html"
     build_report(model_dir, out, job)
     print(f"report written to {out} (open it in a browser)")
     return 0
+
+
+def _label_of(model: str) -> str:
+    """A report's name from a model path: the job folder it sits in, where there is one."""
+    parts = [part for part in model.removeprefix("s3://").rstrip("/").split("/")
+             if part and part not in ("model", "model.tar.gz", "output")]
+    return parts[-1] if parts else "model"
 
 
 def _artifact_of_job(args, config: Config, workdir: Path, job: str) -> str:

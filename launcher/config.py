@@ -81,7 +81,8 @@ class TrainingSection(_Section):
 
 class TuningSection(_Section):
     objective: str = "valid_accuracy"
-    direction: Literal["Maximize", "Minimize"] = "Maximize"
+    # Left out: Minimize for a loss, Maximize for anything else.
+    direction: Literal["Maximize", "Minimize"]
     strategy: Literal[STRATEGIES] = "Bayesian"  # type: ignore[valid-type]
     early_stopping: Literal["Auto", "Off"] = "Off"
     max_jobs: int = Field(8, ge=1, le=750)
@@ -92,6 +93,15 @@ class TuningSection(_Section):
         "lr": HyperparameterRange(type="continuous", min=1e-4, max=1e-2,
                                   scaling="Logarithmic"),
         "batch-size": HyperparameterRange(type="categorical", values=[16, 32, 64])})
+
+    @model_validator(mode="before")
+    @classmethod
+    def _direction_from_objective(cls, values: Any) -> Any:
+        if isinstance(values, dict) and values.get("direction") is None:
+            objective = str(values.get("objective", "valid_accuracy"))
+            values = dict(values, direction="Minimize" if objective.endswith("_loss")
+                          else "Maximize")
+        return values
 
     @field_validator("objective")
     @classmethod
@@ -124,7 +134,7 @@ class TuningSection(_Section):
                                  f"{', '.join(other)} is not")
         if self.strategy == "Hyperband" and self.early_stopping == "Auto":
             raise ValueError("Hyperband stops jobs itself: set early_stopping = \"Off\"")
-        if self.max_parallel_jobs > self.max_jobs:
+        if self.strategy != "Grid" and self.max_parallel_jobs > self.max_jobs:
             raise ValueError(f"max_parallel_jobs ({self.max_parallel_jobs}) is more than "
                              f"max_jobs ({self.max_jobs})")
         low, high = self.hyperband_min_resource, self.hyperband_max_resource
@@ -136,6 +146,8 @@ class TuningSection(_Section):
         """A copy with command-line values (None = keep), validated like the file."""
         values = self.model_dump()
         values["ranges"] = dict(self.ranges)
+        if overrides.get("objective") and not overrides.get("direction"):
+            values.pop("direction")  # follows the new objective
         values.update({key: value for key, value in overrides.items() if value is not None})
         try:
             return TuningSection.model_validate(values)
@@ -174,7 +186,11 @@ class Config(_Section):
         if backend == "local":
             return f"dogbreed-{kind}:latest"
         if IMAGES_FILE.is_file():
-            pushed = json.loads(IMAGES_FILE.read_text()).get(kind)
+            try:
+                pushed = json.loads(IMAGES_FILE.read_text()).get(kind)
+            except (ValueError, AttributeError):
+                raise LauncherError(f"{IMAGES_FILE} is damaged: run `make push` again, or "
+                                    f"set images.{kind} in {self.source}") from None
             if pushed:
                 return pushed
         raise LauncherError(f"no {kind} image URI: run `make build push` (which writes "
@@ -196,7 +212,10 @@ def load_config(path: str | Path | None) -> Config:
     path = Path(path)
     if not path.is_file():
         raise LauncherError(f"config file {path} not found")
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise LauncherError(f"config file {path} is not UTF-8 text ({error})") from None
     try:
         if path.suffix == ".toml":
             raw = tomllib.loads(text)

@@ -9,6 +9,7 @@ generated sample set instead, which is what runs offline.
 from __future__ import annotations
 
 import json
+import shutil
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -67,21 +68,37 @@ def download(url: str, target: Path, expected_size: int | None) -> Path:
 
 
 def unzip(archive: Path, into: Path) -> Path:
-    """Extract the archive (members checked to stay inside `into`); the dogImages folder."""
+    """Extract the data folder of the archive (the one holding train/) into `into`.
+
+    Unpacked beside the target first and renamed when complete, so an interrupted unzip
+    never leaves a half-filled data folder that looks finished. Members are checked to
+    stay inside the target; macOS resource forks are skipped.
+    """
     try:
         with zipfile.ZipFile(archive) as opened:
-            members = [m for m in opened.infolist() if not m.is_dir()]
-            for member in tqdm(members, desc=f"unzipping {archive.name}", unit="file"):
-                opened.extract(member, into)
+            members = [m for m in opened.infolist() if not m.is_dir()
+                       and not m.filename.startswith("__MACOSX/")]
+            roots = {m.filename.split("/")[0] for m in members
+                     if m.filename.split("/")[1:2] == ["train"]}
+            top_level = any(m.filename.startswith("train/") for m in members)
+            if len(roots) + top_level != 1:
+                raise LauncherError(f"{archive} does not hold one folder with train/valid/test")
+            root = "" if top_level else roots.pop()
+            final = into / (root or archive.stem)
+            if final.exists():
+                raise LauncherError(f"{final} exists already: remove it to unzip again, or "
+                                    "pass it as --dest to use it")
+            staging = into / f".{final.name}.unzipping"
+            shutil.rmtree(staging, ignore_errors=True)
+            chosen = [m for m in members if not root or m.filename.startswith(root + "/")]
+            for member in tqdm(chosen, desc=f"unzipping {archive.name}", unit="file"):
+                opened.extract(member, staging)
     except zipfile.BadZipFile as error:
         raise LauncherError(f"{archive} is not a valid zip file ({error}): delete it and "
                             "download again") from None
-    found = [path.parent for path in into.glob("*/train") if path.is_dir()]
-    if (into / "train").is_dir():
-        return into
-    if len(found) != 1:
-        raise LauncherError(f"{archive} does not hold one folder with train/valid/test")
-    return found[0]
+    (staging / root if root else staging).rename(final)
+    shutil.rmtree(staging, ignore_errors=True)
+    return final
 
 
 def validate(root: Path) -> dict[str, Any]:

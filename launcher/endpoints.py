@@ -28,6 +28,15 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def model_dir_of(artifact: Path, unpack_to: Path) -> Path:
     """A folder with model.json and the weights, from a model/ folder or a model.tar.gz."""
     if artifact.is_dir():

@@ -25,17 +25,22 @@ def main(argv: list[str]) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
     session = local_session(Path(workdir), serving_port=int(port))
-    predictor = deploy_endpoint(config, session, "local", model_data, name)
-    print(f"local-mode endpoint {name} is in service on port {port}", flush=True)
-    Path(ready_file).touch()
+    predictor = None
     try:
+        predictor = deploy_endpoint(config, session, "local", model_data, name)
+        print(f"local-mode endpoint {name} is in service on port {port}", flush=True)
+        Path(ready_file).touch()
         while not stop.wait(1):
             pass
     finally:
         print(f"deleting local-mode endpoint {name}", flush=True)
-        predictor.delete_model()  # needs the endpoint config, so before the endpoint
-        predictor.delete_endpoint()
-        remove_containers(config.image("serve", "local"), f"{ENDPOINT_VARIABLE}={name}")
+        try:
+            if predictor is not None:
+                predictor.delete_model()  # needs the endpoint config: before the endpoint
+                predictor.delete_endpoint()
+        finally:
+            # Also after a failed deploy: its container would keep the port.
+            remove_containers(config.image("serve", "local"), f"{ENDPOINT_VARIABLE}={name}")
     return 0
 
 

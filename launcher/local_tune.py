@@ -11,9 +11,9 @@ stopping, max jobs, parallel jobs, objective) is mapped onto Optuna:
 | integer, Linear / Logarithmic    | IntDistribution(min, max, log=...)                  |
 | categorical                      | CategoricalDistribution(values)                     |
 | Auto scaling                     | Logarithmic if the range spans >= 100x above 0, else Linear |
-| Bayesian                         | TPESampler                                          |
+| Bayesian                         | TPESampler (constant liar for parallel jobs)        |
 | Random                           | RandomSampler                                       |
-| Grid                             | GridSampler over every combination (max jobs = grid size) |
+| Grid (categorical ranges only)   | every combination queued once, in order (max jobs = grid size) |
 | Hyperband                        | RandomSampler + HyperbandPruner(min, max resource = epochs) |
 | early stopping Auto              | MedianPruner (stop a job whose objective at an epoch is worse than the median of earlier jobs there) |
 
@@ -27,6 +27,9 @@ that was cut off runs again (a `process` job even resumes from its checkpoint).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import itertools
 import json
 import math
 import re
@@ -88,11 +91,13 @@ def suggest(trial: optuna.Trial, parameter: OptunaParameter) -> Any:
 
 def sampler_for(tuning: TuningSection, seed: int | None = None) -> optuna.samplers.BaseSampler:
     if tuning.strategy == "Bayesian":
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(
+        # constant_liar: jobs running side by side count as poor results meanwhile, so
+        # parallel jobs are not sent to the same spot.
+        return optuna.samplers.TPESampler(seed=seed, constant_liar=True, n_startup_trials=min(
             10, max(2, tuning.max_jobs // 3)))
-    if tuning.strategy == "Grid":
-        return optuna.samplers.GridSampler(grid_space(tuning), seed=seed)
-    return optuna.samplers.RandomSampler(seed=seed)  # Random, and Hyperband's sampling
+    # Random; Hyperband's sampling; and Grid, whose every combination is queued up front
+    # (so a resumed grid re-runs exactly the interrupted combinations).
+    return optuna.samplers.RandomSampler(seed=seed)
 
 
 def pruner_for(tuning: TuningSection, epochs: int) -> optuna.pruners.BasePruner:
@@ -145,6 +150,10 @@ class TrialFailed(RuntimeError):
     """A training job that failed, or never logged the objective (Optuna: FAIL)."""
 
 
+class TrialInterrupted(RuntimeError):
+    """A job stopped because the tune was interrupted (FAIL with no reason: runs again)."""
+
+
 @dataclass
 class TrialJob:
     """What the tuner needs from a backend: start a job, read it, stop it, its outcome."""
@@ -155,57 +164,156 @@ class TrialJob:
 def run_study(config: Config, study_dir: Path, backend_job: TrialJob,
               static_hyperparameters: dict[str, Any], seed: int | None = None,
               fresh: bool = False) -> optuna.Study:
-    """Create or resume the study in study_dir and run trials until the plan is done."""
-    tuning = config.tuning
-    settings = {"tuning": tuning.model_dump(mode="json"), "static": static_hyperparameters}
-    settings_file = study_dir / SETTINGS_FILE
-    if settings_file.is_file() and not fresh:
-        stored = json.loads(settings_file.read_text())
-        if stored != json.loads(json.dumps(settings)):
-            raise LauncherError(f"{study_dir} holds a study with other settings: pass --fresh "
-                                "to start over there, or --name for a new study")
-    study_dir.mkdir(parents=True, exist_ok=True)
-    if fresh:
-        for leftover in (study_dir / STUDY_FILE, settings_file):
-            leftover.unlink(missing_ok=True)
-    settings_file.write_text(json.dumps(settings, indent=2) + "\n")
+    """Create or resume the study in study_dir and run trials until the plan is done.
 
+    Trials are asked for one at a time under a lock and run on our own threads, so a seed
+    gives the same order of hyperparameters and Ctrl-C can stop every running job (each
+    checkpoints) before the study is left for the next run to resume.
+    """
+    tuning = config.tuning
+    study_dir.mkdir(parents=True, exist_ok=True)
+    with _exclusive(study_dir):
+        study = _open_study(tuning, study_dir, static_hyperparameters, seed, fresh)
+        # A job cut off by an interruption does not count against max jobs: it runs again.
+        finished = [t for t in study.trials if t.state.is_finished() and not _interrupted(t)]
+        remaining = planned_jobs(tuning) - len(finished)
+        if finished:
+            print(f"resuming {study_dir}: {len(finished)} job(s) done, {max(remaining, 0)} "
+                  "to go", flush=True)
+        if remaining > 0:
+            _Runner(study, study_dir, backend_job, static_hyperparameters, tuning).run(remaining)
+        return study
+
+
+@contextlib.contextmanager
+def _exclusive(study_dir: Path):
+    """One tune per study at a time: two would run the same jobs in the same folders."""
+    with open(study_dir / ".lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise LauncherError(f"another tune is running on {study_dir}: wait for it, or "
+                                "stop it (Ctrl-C) first") from None
+        yield
+
+
+def _open_study(tuning: TuningSection, study_dir: Path, static: dict[str, Any],
+                seed: int | None, fresh: bool) -> optuna.Study:
+    # How many jobs and how many at a time may change between runs; what is searched may not.
+    settings = {"tuning": tuning.model_dump(mode="json", exclude={"max_jobs",
+                                                                  "max_parallel_jobs"}),
+                "static": static}
+    settings = json.loads(json.dumps(settings))
+    settings_file = study_dir / SETTINGS_FILE
+    if fresh:
+        (study_dir / STUDY_FILE).unlink(missing_ok=True)
+    elif settings_file.is_file() and json.loads(settings_file.read_text()) != settings:
+        raise LauncherError(f"{study_dir} holds a study with other settings: pass --fresh to "
+                            "start over there, or --name for a new study")
+    settings_file.write_text(json.dumps(settings, indent=2) + "\n")
     storage = optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(str(study_dir / STUDY_FILE)))
     # Our own lines say what each trial did; Optuna would repeat failures as tracebacks.
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    epochs = int(static_hyperparameters.get("epochs", 10))
+    epochs = int(static.get("epochs", 10))
     study = optuna.create_study(study_name=study_dir.name, storage=storage,
                                 load_if_exists=True, sampler=sampler_for(tuning, seed),
                                 pruner=pruner_for(tuning, epochs),
                                 direction=tuning.direction.lower())
+    if tuning.strategy == "Grid" and not study.trials:
+        for values in itertools.product(*grid_space(tuning).values()):
+            study.enqueue_trial(dict(zip(tuning.ranges, values)))
     _requeue_interrupted(study, storage)
-    # A job cut off by an interruption does not count against max jobs: it runs again.
-    finished = [t for t in study.trials if t.state.is_finished() and not _interrupted(t)]
-    remaining = planned_jobs(tuning) - len(finished)
-    if finished:
-        print(f"resuming {study_dir}: {len(finished)} trial(s) done, {max(remaining, 0)} to "
-              "go", flush=True)
-    if remaining <= 0:
-        return study
-    parameters = {name: optuna_parameter(name, spec) for name, spec in tuning.ranges.items()}
-    printer = _Printer(tuning.objective)
-
-    def objective(trial: optuna.Trial) -> float:
-        values = {name: suggest(trial, parameter) for name, parameter in parameters.items()}
-        hyperparameters = dict(static_hyperparameters, **values)
-        name = trial.user_attrs.get("job") or f"{study_dir.name}-{trial.number:03d}"
-        trial.set_user_attr("job", name)
-        trial.set_user_attr("hyperparameters", {k: str(v) for k, v in hyperparameters.items()})
-        return _run_trial(trial, backend_job, name, hyperparameters, tuning, printer)
-
-    try:
-        study.optimize(objective, n_trials=remaining, n_jobs=tuning.max_parallel_jobs,
-                       catch=(TrialFailed,))
-    except KeyboardInterrupt:
-        raise LauncherError(f"tuning interrupted: run the same command again to resume "
-                            f"(the study is in {study_dir})") from None
     return study
+
+
+class _Runner:
+    """Up to max_parallel_jobs trials at a time, each on its own thread."""
+
+    def __init__(self, study: optuna.Study, study_dir: Path, backend_job: TrialJob,
+                 static: dict[str, Any], tuning: TuningSection):
+        self.study, self.study_dir, self.backend_job = study, study_dir, backend_job
+        self.static, self.tuning = static, tuning
+        self.parameters = {name: optuna_parameter(name, spec)
+                           for name, spec in tuning.ranges.items()}
+        self.printer = _Printer(tuning.objective)
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.running: set = set()
+        self.to_start = 0
+        self.errors: list[BaseException] = []
+
+    def run(self, count: int) -> None:
+        self.to_start = count
+        workers = min(count, self.tuning.max_parallel_jobs)
+        done = [threading.Event() for _ in range(workers)]
+        for finished in done:
+            threading.Thread(target=self._work, args=(finished,), daemon=True).start()
+        # Waiting on events, not Thread.join: a Ctrl-C that lands inside join() can make
+        # later joins return at once on Python 3.11, leaving jobs running behind our back.
+        try:
+            while not all(finished.wait(0.2) for finished in done):
+                pass
+        except KeyboardInterrupt:
+            self.stopping.set()
+            with self.lock:
+                jobs = list(self.running)
+            print(f"\ninterrupted: stopping {len(jobs)} running job(s) (each saves a "
+                  "checkpoint) ...", flush=True)
+            for job in jobs:
+                job.stop()
+            for finished in done:
+                while not finished.wait(0.2):
+                    pass
+            raise LauncherError(f"tuning interrupted: run the same command again to resume "
+                                f"(the study is in {self.study_dir})") from None
+        if self.errors:
+            raise self.errors[0]
+
+    def _work(self, finished: threading.Event) -> None:
+        try:
+            self._run_trials()
+        finally:
+            finished.set()
+
+    def _run_trials(self) -> None:
+        while not self.stopping.is_set():
+            with self.lock:
+                if self.to_start <= 0:
+                    return
+                self.to_start -= 1
+                trial = self.study.ask()
+                values = {name: suggest(trial, parameter)
+                          for name, parameter in self.parameters.items()}
+            hyperparameters = dict(self.static, **values)
+            name = trial.user_attrs.get("job") or f"{self.study_dir.name}-{trial.number:03d}"
+            trial.set_user_attr("job", name)
+            trial.set_user_attr("hyperparameters",
+                                {k: str(v) for k, v in hyperparameters.items()})
+            try:
+                value = _run_trial(trial, self, name, hyperparameters)
+            except optuna.TrialPruned:
+                self.study.tell(trial, state=TrialState.PRUNED)
+            except (TrialFailed, TrialInterrupted):
+                self.study.tell(trial, state=TrialState.FAIL)
+            except BaseException as error:  # a launcher bug: stop everything, say it
+                trial.set_user_attr("failure", f"the launcher failed: {error!r}")
+                self.study.tell(trial, state=TrialState.FAIL)
+                self.errors.append(error)
+                self.stopping.set()
+                return
+            else:
+                self.study.tell(trial, value)
+
+    def started(self, job) -> None:
+        with self.lock:
+            self.running.add(job)
+        if self.stopping.is_set():
+            job.stop()
+
+    def ended(self, job) -> None:
+        with self.lock:
+            self.running.discard(job)
 
 
 def _requeue_interrupted(study: optuna.Study, storage) -> None:
@@ -229,32 +337,39 @@ def _interrupted(trial: optuna.trial.FrozenTrial) -> bool:
     return trial.state == TrialState.FAIL and "failure" not in trial.user_attrs
 
 
-def _run_trial(trial: optuna.Trial, backend_job: TrialJob, name: str,
-               hyperparameters: dict[str, Any], tuning: TuningSection,
-               printer: "_Printer") -> float:
+def _run_trial(trial: optuna.Trial, runner: _Runner, name: str,
+               hyperparameters: dict[str, Any]) -> float:
+    tuning, printer = runner.tuning, runner.printer
     reader = ObjectiveReader(tuning.objective)
     started = time.monotonic()
     printer.started(trial.number, name, hyperparameters, tuning)
-    job = backend_job.start(name, hyperparameters)
+    job = runner.backend_job.start(name, hyperparameters)
+    runner.started(job)
     trial.set_user_attr("log", str(job.log))
     pruned_at = None
-    for line in job.lines():
-        point = reader.read(line)
-        if point is None or point[0] is None or pruned_at is not None:
-            continue
-        if math.isfinite(point[1]):
-            trial.report(point[1], step=point[0])
-        if not math.isfinite(point[1]) or trial.should_prune():
-            pruned_at = point[0]
-            job.stop()
-    code = job.wait()
-    outcome = backend_job.outcome(job, code)
+    try:
+        for line in job.lines():
+            point = reader.read(line)
+            if point is None or point[0] is None or pruned_at is not None:
+                continue
+            if math.isfinite(point[1]):
+                trial.report(point[1], step=point[0])
+            if not math.isfinite(point[1]) or trial.should_prune():
+                pruned_at = point[0]
+                job.stop()
+        code = job.wait()
+    finally:
+        runner.ended(job)
+    outcome = runner.backend_job.outcome(job, code)
     seconds = time.monotonic() - started
     trial.set_user_attr("seconds", round(seconds, 1))
     trial.set_user_attr("artifact", outcome.artifact)
     trial.set_user_attr("epochs_run", len([p for p in reader.history if p[0] is not None]))
     if reader.last is not None:
         trial.set_user_attr("objective", reader.last)
+    if runner.stopping.is_set() and pruned_at is None and code != 0:
+        printer.finished(trial.number, "interrupted (it runs again on resume)", None, seconds)
+        raise TrialInterrupted(name)
     if pruned_at is not None:
         printer.finished(trial.number, f"stopped early after epoch {pruned_at}", reader.last,
                          seconds)

@@ -64,11 +64,15 @@ def predict_images(images: list[Path], invoke: Callable[[bytes, str, int], tuple
         try:
             document = json.loads(body)
         except ValueError:
+            document = None
+        if not isinstance(document, dict):
             document = {"error": body[:200].decode("utf-8", "replace")}
-        if status == 200:
-            answers.append(Answer(image, status, document["predictions"][0], None))
+        predictions = document.get("predictions")
+        if status == 200 and isinstance(predictions, list) and predictions:
+            answers.append(Answer(image, status, predictions[0], None))
         else:
-            answers.append(Answer(image, status, None, document.get("error", str(document))))
+            reason = document.get("error") or f"unexpected answer: {body[:200]!r}"
+            answers.append(Answer(image, status, None, str(reason)))
     return answers
 
 

@@ -61,7 +61,8 @@ def local_session(workdir: Path, serving_port: int | None = None):
     return session
 
 
-def check_docker() -> None:
+def check_docker(image: str | None = None) -> None:
+    """Docker is there and running (and has `image`), or a clear error saying what to do."""
     import shutil
     import subprocess
     if shutil.which("docker") is None:
@@ -70,6 +71,10 @@ def check_docker() -> None:
     if subprocess.run(["docker", "info"], capture_output=True).returncode != 0:
         raise LauncherError("the local backend needs a running Docker engine (`bash "
                             "docker/engine.sh` starts it)")
+    if image and subprocess.run(["docker", "image", "inspect", image],
+                                capture_output=True).returncode != 0:
+        raise LauncherError(f"image {image} not found: run `make build` (or set images in "
+                            "the config)")
 
 
 def aws_session(config: Config):
@@ -105,8 +110,14 @@ def short_error(error: Exception) -> str:
 # ---- training ---------------------------------------------------------------------------
 
 def estimator(config: Config, session, backend: str, hyperparameters: Mapping[str, Any],
-              output_path: str, base_job_name: str = "dogbreed"):
-    """Our training image as an Estimator; SageMaker passes hyperparameters as strings."""
+              output_path: str, base_job_name: str = "dogbreed",
+              checkpoint_job: str | None = None):
+    """Our training image as an Estimator; SageMaker passes hyperparameters as strings.
+
+    `checkpoint_job`: keep checkpoints under the checkpoint URI + /JOB, so that a restarted
+    spot job finds its own and no other. Without it (a tuning job's jobs, which would all
+    share one prefix and refuse each other's checkpoints) no checkpoints are synced.
+    """
     from sagemaker.estimator import Estimator
     training = config.training
     options: dict[str, Any] = {}
@@ -116,9 +127,10 @@ def estimator(config: Config, session, backend: str, hyperparameters: Mapping[st
                        volume_size=training.volume_size_gb, max_run=training.max_run_seconds)
         if training.spot:
             options.update(use_spot_instances=True,
-                           max_wait=training.max_wait_seconds or training.max_run_seconds,
-                           checkpoint_s3_uri=training.checkpoint_s3_uri
-                           or f"{config.s3_prefix()}/checkpoints")
+                           max_wait=training.max_wait_seconds or training.max_run_seconds)
+        if checkpoint_job and (training.spot or training.checkpoint_s3_uri):
+            base = (training.checkpoint_s3_uri or f"{config.s3_prefix()}/checkpoints")
+            options["checkpoint_s3_uri"] = f"{base.rstrip('/')}/{checkpoint_job}"
     else:
         options.update(instance_type="local", instance_count=training.instance_count)
     return Estimator(
@@ -132,9 +144,26 @@ def estimator(config: Config, session, backend: str, hyperparameters: Mapping[st
         debugger_hook_config=False, disable_profiler=True, **options)
 
 
-def s3_channels(config: Config) -> dict[str, str]:
-    base = (config.data.s3_uri or f"{config.s3_prefix()}/data").rstrip("/")
-    return {name: f"{base}/{name}" for name in ("train", "valid", "test")}
+def s3_data_uri(config: Config) -> str:
+    return (config.data.s3_uri or f"{config.s3_prefix()}/data").rstrip("/")
+
+
+def s3_channels(config: Config, session) -> dict[str, str]:
+    """The channels found under the data URI (train and valid must be there; test may)."""
+    base = s3_data_uri(config)
+    bucket, _, prefix = base.removeprefix("s3://").partition("/")
+    s3 = session.boto_session.client("s3")
+    found = {}
+    for name in ("train", "valid", "test"):
+        listed = s3.list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/{name}/".lstrip("/"),
+                                    MaxKeys=1)
+        if listed.get("KeyCount", 0):
+            found[name] = f"{base}/{name}"
+    missing = [name for name in ("train", "valid") if name not in found]
+    if missing:
+        raise LauncherError(f"no {' or '.join(missing)} data under {base}: upload it with "
+                            "`python -m launcher data --upload`")
+    return found
 
 
 def fit_local(config: Config, workdir: Path, job_name: str, hyperparameters: Mapping[str, Any],
@@ -150,8 +179,8 @@ def fit_local(config: Config, workdir: Path, job_name: str, hyperparameters: Map
 def start_training(config: Config, session, job_name: str,
                    hyperparameters: Mapping[str, Any]) -> str:
     job = estimator(config, session, "sagemaker", hyperparameters,
-                    f"{config.s3_prefix()}/jobs")
-    job.fit(s3_channels(config), job_name=job_name, wait=False)
+                    f"{config.s3_prefix()}/jobs", checkpoint_job=job_name)
+    job.fit(s3_channels(config, session), job_name=job_name, wait=False)
     return job_name
 
 
@@ -204,7 +233,7 @@ def start_tuning(config: Config, session, tuning_job_name: str,
         max_jobs=None if tuning.strategy == "Grid" else tuning.max_jobs,
         max_parallel_jobs=tuning.max_parallel_jobs,
         early_stopping_type=tuning.early_stopping)
-    tuner.fit(s3_channels(config), job_name=tuning_job_name, wait=False)
+    tuner.fit(s3_channels(config, session), job_name=tuning_job_name, wait=False)
     return tuning_job_name
 
 

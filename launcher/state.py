@@ -7,10 +7,14 @@ launcher created, never other endpoints in the account).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
+
+from launcher.errors import LauncherError
 
 STATE_FILE = "state.json"
 
@@ -19,8 +23,15 @@ def load_state(workdir: Path) -> dict[str, Any]:
     path = workdir / STATE_FILE
     if not path.is_file():
         return {"endpoints": {}}
-    state = json.loads(path.read_text())
-    state.setdefault("endpoints", {})
+    try:
+        state = json.loads(path.read_text())
+        if not isinstance(state, dict) or not isinstance(state.setdefault("endpoints", {}),
+                                                         dict):
+            raise ValueError("not an object with an endpoints table")
+    except ValueError as error:
+        raise LauncherError(f"{path} is damaged ({error}); it lists what the launcher "
+                            "created: repair it, or move it away (endpoints it lists must "
+                            "then be stopped by hand)") from None
     return state
 
 
@@ -32,8 +43,19 @@ def save_state(workdir: Path, state: dict[str, Any]) -> None:
     temporary.replace(workdir / STATE_FILE)
 
 
+@contextlib.contextmanager
+def locked_state(workdir: Path) -> Iterator[dict[str, Any]]:
+    """Read, change and write the state while holding its lock, so that two launcher
+    commands running at once (a deploy and a train) do not lose each other's records."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    with open(workdir / ".state.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        state = load_state(workdir)
+        yield state
+        save_state(workdir, state)
+
+
 def update_state(workdir: Path, **changes: Any) -> dict[str, Any]:
-    state = load_state(workdir)
-    state.update(changes)
-    save_state(workdir, state)
+    with locked_state(workdir) as state:
+        state.update(changes)
     return state

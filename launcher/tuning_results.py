@@ -25,7 +25,7 @@ def jobs_table(rows: list[dict[str, Any]], tuned: list[str], objective: str,
     body = []
     for row in rows:
         hps = row.get("hyperparameters", {})
-        body.append(["*" if row is best else "", row["job"], row["status"],
+        body.append(["*" if best and row["job"] == best["job"] else "", row["job"], row["status"],
                      _number(row["objective"]), *[_short(hps.get(name, "")) for name in tuned],
                      _plain(row.get("epochs")), _plain(row.get("seconds"))])
     widths = [max(len(str(line[i])) for line in [headers] + body) for i in range(len(headers))]

@@ -169,6 +169,8 @@ def test_report_is_an_html_page_with_the_plot(flow, project):
     (["data", "--synthetic", "--classes", "99"], "classes must be between 2 and 40"),
     (["data", "--zip", "missing.zip"], "zip file missing.zip not found"),
     (["train", "--config", "missing.toml"], "config file missing.toml not found"),
+    (["train", "--name", "my_job"], "training job name 'my_job': use at most 63 letters"),
+    (["deploy", "--name", "ep-"], "endpoint name 'ep-': use at most 63"),
 ])
 def test_bad_input_gets_a_clear_error(tmp_path, args, expected):
     result = launcher(*args, cwd=tmp_path, timeout=60)
@@ -178,6 +180,7 @@ def test_bad_input_gets_a_clear_error(tmp_path, args, expected):
 
 
 def test_predict_checks_every_file_before_sending_any(flow, project, tmp_path):
+    image = sorted((project / "data" / "test" / "002.Afghan_hound").glob("*.jpg"))[0]
     text = tmp_path / "notes.jpg"
     text.write_text("not a picture")
     result = launcher("predict", str(text), "--endpoint", "x", cwd=project, timeout=60)
@@ -190,6 +193,9 @@ def test_predict_checks_every_file_before_sending_any(flow, project, tmp_path):
                       cwd=tmp_path, timeout=60)
     assert result.returncode == 1
     assert f"{text} is not a JPEG or PNG image" in result.stderr
+    result = launcher("predict", str(image), "--endpoint", "x", "--workdir", "runs", "--json",
+                      "nowhere/answers.json", cwd=tmp_path, timeout=60)
+    assert result.returncode == 1 and "folder nowhere not found" in result.stderr
 
 
 def test_a_sagemaker_command_without_credentials_fails_fast(tmp_path):
@@ -209,3 +215,47 @@ def test_help_is_fast_and_imports_no_torch():
     assert time.monotonic() - started < 5  # measured: about 0.1 s
     assert "--max-parallel-jobs" in result.stdout
     assert result.stdout.strip().endswith("False False")
+
+
+def test_bad_files_and_folders_get_clear_errors(tmp_path):
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "state.json").write_text('{"endpoints": ')  # cut off mid-write
+    result = launcher("cleanup", cwd=tmp_path, timeout=60)
+    assert result.returncode == 1 and "state.json is damaged" in result.stderr
+    (tmp_path / "null.json").write_text('{"hyperparameters": null}')
+    (tmp_path / "list.json").write_text('["lr", 0.1]')
+    for name in ("null.json", "list.json"):
+        result = launcher("train", "--hyperparameters", name, cwd=tmp_path, timeout=60)
+        assert result.returncode == 1
+        assert "expected a JSON object of hyperparameters" in result.stderr
+    (tmp_path / "latin1.toml").write_bytes("workdir = \"r\u00e9sum\u00e9\"\n".encode("latin-1"))
+    result = launcher("train", "--config", "latin1.toml", cwd=tmp_path, timeout=60)
+    assert result.returncode == 1 and "is not UTF-8 text" in result.stderr
+    (tmp_path / "afile").write_text("x")
+    result = launcher("data", "--synthetic", "--dest", "afile", cwd=tmp_path, timeout=60)
+    assert result.returncode == 1 and "--dest afile is a file" in result.stderr
+    result = launcher("cleanup", "--workdir", "afile", cwd=tmp_path, timeout=60)
+    assert result.returncode == 1 and "the workdir afile is a file" in result.stderr
+
+
+def test_deploy_refuses_a_port_in_use_and_report_a_folder(flow, project):
+    import socket
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = launcher("deploy", "--port", str(port), "--name", "busy", cwd=project,
+                          timeout=60)
+    assert result.returncode == 1 and f"port {port} is in use" in result.stderr
+    assert "busy" not in json.loads((project / "runs" / "state.json").read_text())["endpoints"]
+    (project / "a_folder").mkdir(exist_ok=True)
+    result = launcher("report", "--out", "a_folder", cwd=project, timeout=60)
+    assert result.returncode == 1 and "--out a_folder is a folder" in result.stderr
+
+
+def test_a_loss_objective_is_minimised_unless_told_otherwise(tmp_path):
+    result = launcher("tune", "--objective", "valid_loss", cwd=tmp_path, timeout=60)
+    assert "minimize valid_loss" in result.stdout
+    result = launcher("tune", "--objective", "valid_loss", "--direction", "Maximize",
+                      cwd=tmp_path, timeout=60)
+    assert "maximize valid_loss" in result.stdout

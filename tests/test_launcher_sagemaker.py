@@ -189,7 +189,9 @@ def test_train_sends_the_training_job(moto, uploaded, project):
     assert sent["EnableManagedSpotTraining"] is True
     assert sent["StoppingCondition"] == {"MaxRuntimeInSeconds": 7200,
                                          "MaxWaitTimeInSeconds": 10800}
-    assert sent["CheckpointConfig"]["S3Uri"] == "s3://dogbreed-tests/proj/checkpoints"
+    # Each job its own prefix: a restarted spot job finds its checkpoint and no other.
+    assert sent["CheckpointConfig"]["S3Uri"] == \
+        "s3://dogbreed-tests/proj/checkpoints/dogbreed-train-1"
     assert sent["OutputDataConfig"]["S3OutputPath"] == "s3://dogbreed-tests/proj/jobs"
     channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"]
                 for c in sent["InputDataConfig"]}
@@ -228,6 +230,7 @@ def test_tune_sends_ranges_objective_strategy_and_early_stopping(moto, uploaded,
               if not k.startswith("_") and not k.startswith("sagemaker_")}
     assert static == {"epochs": "6", "trainable": "layer4"}
     assert definition["EnableManagedSpotTraining"] is True
+    assert "CheckpointConfig" not in definition  # the jobs would share one prefix
     # The SDK sends the tuning form of the resource config.
     resources = definition["HyperParameterTuningResourceConfig"]
     assert (resources["InstanceType"], resources["InstanceCount"], resources["VolumeSizeInGB"]) \
@@ -319,3 +322,16 @@ def test_cleanup_deletes_what_deploy_created(moto, deployed, project):
     assert moto.one("DeleteEndpointConfig") == {"EndpointConfigName": "dogbreed-ep"}
     assert moto.one("DeleteModel") == {"ModelName": "dogbreed-ep"}
     assert json.loads((project / "runs" / "state.json").read_text())["endpoints"] == {}
+
+
+def test_missing_s3_data_and_a_bad_name_are_refused_before_any_call(moto, uploaded, project):
+    (project / "empty.toml").write_text(CONFIG.replace('prefix = "proj"', 'prefix = "empty"'))
+    before = len(moto.requests("CreateTrainingJob"))
+    result = launcher(moto, project, "train", "--backend", "sagemaker", "--config", "empty.toml")
+    assert result.returncode == 1
+    assert "no train or valid data under s3://dogbreed-tests/empty/data" in result.stderr
+    assert len(moto.requests("CreateTrainingJob")) == before  # nothing started
+    result = launcher(moto, project, "tune", "--backend", "sagemaker", "--name",
+                      "x" * 33)
+    assert result.returncode == 1
+    assert "tuning job name 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx': use at most 32" in result.stderr

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -106,7 +107,6 @@ def test_strategies_map_to_samplers_and_pruners():
     grid = tuning_config(strategy="Grid", ranges={
         "batch-size": {"type": "categorical", "values": [16, 32]},
         "optimizer": {"type": "categorical", "values": ["adamw", "sgd", "adam"]}}).tuning
-    assert isinstance(sampler_for(grid), optuna.samplers.GridSampler)
     assert planned_jobs(grid) == 6  # every combination, whatever max_jobs says
     hyperband = tuning_config(strategy="Hyperband", hyperband_min_resource=2).tuning
     assert isinstance(sampler_for(hyperband), optuna.samplers.RandomSampler)
@@ -115,6 +115,31 @@ def test_strategies_map_to_samplers_and_pruners():
     assert (pruner._min_resource, pruner._max_resource) == (2, 9)
     assert isinstance(pruner_for(tuning_config(early_stopping="Auto").tuning, 10),
                       optuna.pruners.MedianPruner)
+
+
+def test_grid_runs_every_combination_once_and_resumes_exactly(tmp_path):
+    config = tuning_config(strategy="Grid", max_jobs=2, ranges={
+        "lr": {"type": "categorical", "values": [0.001, 0.01]},
+        "batch-size": {"type": "categorical", "values": [16, 32, 64]}})
+    backend = fake_backend(tmp_path)
+    calls = []
+
+    def start_then_interrupt(name, hyperparameters):
+        calls.append(name)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while the third job starts
+        return backend.start(name, hyperparameters)
+
+    from launcher.errors import LauncherError
+    with pytest.raises(LauncherError, match="interrupted"):
+        run_study(config, tmp_path / "grid", TrialJob(start_then_interrupt, backend.outcome),
+                  {"epochs": 1})
+    rows = trials_summary(run_study(config, tmp_path / "grid", backend, {"epochs": 1}))
+    done = [(row["hyperparameters"]["lr"], row["hyperparameters"]["batch-size"])
+            for row in rows if row["status"] == "Completed"]
+    assert sorted(done) == sorted((lr, bs) for lr in ("0.001", "0.01")
+                                  for bs in ("16", "32", "64"))
+    assert [row["status"] for row in rows].count("Interrupted") == 1
 
 
 def test_the_objective_is_read_with_sagemakers_regex():
@@ -176,7 +201,7 @@ def test_an_interrupted_study_resumes(tmp_path):
     def start_then_interrupt(name, hyperparameters):
         calls.append(name)
         if len(calls) == 2:
-            raise KeyboardInterrupt  # Ctrl-C while the second job starts
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while the second job starts
         return backend.start(name, hyperparameters)
 
     from launcher.errors import LauncherError
@@ -191,5 +216,9 @@ def test_an_interrupted_study_resumes(tmp_path):
     assert rows[2]["job"] == rows[1]["job"]
     assert rows[2]["hyperparameters"] == rows[1]["hyperparameters"]
     assert rows[3]["job"] == "study-003"
+    # More jobs (or another parallelism) extend the same study; another search does not.
+    extended = trials_summary(run_study(tuning_config(max_jobs=4), folder, backend,
+                                        {"epochs": 2}, seed=0))
+    assert [row["status"] for row in extended].count("Completed") == 4
     with pytest.raises(LauncherError, match="holds a study with other settings"):
-        run_study(tuning_config(max_jobs=5), folder, backend, {"epochs": 2})
+        run_study(tuning_config(max_jobs=4), folder, backend, {"epochs": 3})
