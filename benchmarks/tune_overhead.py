@@ -14,23 +14,31 @@ Prints the median of each over the trials, and the overhead's share of the trial
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-from dogbreed.sample_data import write_sample_data
-from launcher import jobs
-from launcher.config import Config
-from launcher.local_tune import TrialJob, run_study, trials_summary
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the launcher package
+
+from dogbreed.sample_data import write_sample_data  # noqa: E402
+from launcher import jobs  # noqa: E402
+from launcher.config import Config  # noqa: E402
+from launcher.job_dir import prepare_training_dir  # noqa: E402
+from launcher.local_tune import TrialJob, run_study, trials_summary  # noqa: E402
 
 
 class TimedJob(jobs.RunningJob):
     """A RunningJob that notes when each kind of line arrived."""
 
-    def lines(self):
+    def __init__(self, *args, **kwargs):
         self.started = time.monotonic()
-        self.ready = self.last_epoch = None
+        self.ready = self.last_epoch = self.ended = None
+        super().__init__(*args, **kwargs)
+
+    def lines(self):
         for line in super().lines():
             now = time.monotonic()
             if line.startswith("device ") and self.ready is None:
@@ -54,9 +62,6 @@ def main() -> None:
 
     def start(name, hyperparameters):
         job_dir = folder / "jobs" / name
-        from launcher.job_dir import prepare_training_dir
-        import os
-        import sys
         prepare_training_dir(job_dir, hyperparameters, channels)
         env = dict(os.environ, SAGEMAKER_BASE_DIR=str(job_dir), PYTHONUNBUFFERED="1")
         timed[name] = TimedJob(name, [sys.executable, "-m", "dogbreed.train"], env,
