@@ -26,8 +26,14 @@ def metrics_figure(history: list[dict[str, Any]], best_epoch: int | None) -> byt
     figure, axes = plt.subplots(1, len(CURVES), figsize=(13, 3.6))
     epochs = [row["epoch"] for row in history]
     for axis, (title, names) in zip(axes, CURVES):
+        values = []
         for name in names:
-            axis.plot(epochs, [row.get(name) for row in history], marker="o", label=name)
+            series = [row.get(name) for row in history]
+            values += [v for v in series if isinstance(v, (int, float)) and v > 0]
+            axis.plot(epochs, series, marker="o", label=name)
+        if title == "loss" and values and max(values) / min(values) > 30:
+            axis.set_yscale("log")  # one diverging epoch would flatten all the others
+            title = "loss (log scale)"
         if best_epoch:
             axis.axvline(best_epoch, color="gray", ls=":", label=f"best epoch {best_epoch}")
         axis.set(title=title, xlabel="epoch")

@@ -100,7 +100,9 @@ def plot_trials(rows: list[dict[str, Any]], path: Path, objective: str, directio
                                                is not None])
         if name in log_scaled:
             axis.set_xscale("log")
-            axis.xaxis.set_minor_formatter(NullFormatter())
+            xs = [x for x, _ in points if x and x > 0]
+            if xs and max(xs) / min(xs) > 10:  # decades labelled; minor labels would overlap
+                axis.xaxis.set_minor_formatter(NullFormatter())
         axis.set(title=f"{objective} vs {name}", xlabel=name, ylabel=objective)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
