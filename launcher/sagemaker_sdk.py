@@ -184,20 +184,26 @@ def start_training(config: Config, session, job_name: str,
     return job_name
 
 
-def wait_for_training(session, job_name: str) -> dict:
-    """Poll until the job ends, printing each status change; the final description."""
-    client = session.sagemaker_client
+def wait_until_done(describe, status_key: str, status_line, done: tuple[str, ...]) -> dict:
+    """Poll `describe()` until description[status_key] is one of `done`, printing
+    `status_line(description)` whenever it changes; the final description."""
     seen = None
     while True:
-        described = client.describe_training_job(TrainingJobName=job_name)
-        state = (described["TrainingJobStatus"], described.get("SecondaryStatus"))
-        if state != seen:
-            print(f"  {time.strftime('%H:%M:%S')} {job_name}: {state[0]} ({state[1]})",
-                  flush=True)
-            seen = state
-        if state[0] in ("Completed", "Failed", "Stopped"):
+        described = describe()
+        line = status_line(described)
+        if line != seen:
+            print(f"  {time.strftime('%H:%M:%S')} {line}", flush=True)
+            seen = line
+        if described[status_key] in done:
             return described
         time.sleep(POLL_SECONDS)
+
+
+def wait_for_training(session, job_name: str) -> dict:
+    return wait_until_done(
+        lambda: session.sagemaker_client.describe_training_job(TrainingJobName=job_name),
+        "TrainingJobStatus", lambda d: f"{job_name}: {d['TrainingJobStatus']} ({d.get('SecondaryStatus')})",
+        ("Completed", "Failed", "Stopped"))
 
 
 # ---- tuning -----------------------------------------------------------------------------
@@ -238,22 +244,15 @@ def start_tuning(config: Config, session, tuning_job_name: str,
 
 
 def wait_for_tuning(session, tuning_job_name: str) -> dict:
-    client = session.sagemaker_client
-    seen = None
-    while True:
-        described = client.describe_hyper_parameter_tuning_job(
-            HyperParameterTuningJobName=tuning_job_name)
-        status = described["HyperParameterTuningJobStatus"]
+    def status_line(described: dict) -> str:
         counters = described.get("TrainingJobStatusCounters", {})
-        state = (status, tuple(sorted(counters.items())))
-        if state != seen:
-            summary = ", ".join(f"{key} {value}" for key, value in counters.items() if value)
-            print(f"  {time.strftime('%H:%M:%S')} {tuning_job_name}: {status}"
-                  f"{' (' + summary + ')' if summary else ''}", flush=True)
-            seen = state
-        if status in ("Completed", "Failed", "Stopped"):
-            return described
-        time.sleep(POLL_SECONDS)
+        summary = ", ".join(f"{key} {value}" for key, value in counters.items() if value)
+        return (f"{tuning_job_name}: {described['HyperParameterTuningJobStatus']}"
+                f"{' (jobs: ' + summary + ')' if summary else ''}")
+    return wait_until_done(
+        lambda: session.sagemaker_client.describe_hyper_parameter_tuning_job(
+            HyperParameterTuningJobName=tuning_job_name),
+        "HyperParameterTuningJobStatus", status_line, ("Completed", "Failed", "Stopped"))
 
 
 def tuning_training_jobs(session, tuning_job_name: str) -> list[dict]:
@@ -301,17 +300,10 @@ def deploy_endpoint(config: Config, session, backend: str, model_data: str, name
 
 
 def wait_for_endpoint(session, name: str) -> dict:
-    client = session.sagemaker_client
-    seen = None
-    while True:
-        described = client.describe_endpoint(EndpointName=name)
-        status = described["EndpointStatus"]
-        if status != seen:
-            print(f"  {time.strftime('%H:%M:%S')} endpoint {name}: {status}", flush=True)
-            seen = status
-        if status in ("InService", "Failed", "OutOfService"):
-            return described
-        time.sleep(POLL_SECONDS)
+    return wait_until_done(
+        lambda: session.sagemaker_client.describe_endpoint(EndpointName=name),
+        "EndpointStatus", lambda d: f"endpoint {name}: {d['EndpointStatus']}",
+        ("InService", "Failed", "OutOfService"))
 
 
 def invoke_endpoint(config: Config, name: str, body: bytes, content_type: str,
