@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 
 venv: $(STAMP)
 
-$(STAMP): requirements/model.txt requirements/train.txt requirements/serve.txt requirements/dev.txt requirements/constraints.txt container_src/pyproject.toml
+$(STAMP): requirements/model.txt requirements/train.txt requirements/serve.txt requirements/launcher.txt requirements/dev.txt requirements/constraints.txt container_src/pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), sys.version' 2>/dev/null || \
 		{ echo "error: $(PYTHON) must be Python 3.11 (torch 2.14.1 wheels); set PYTHON=python3.11" >&2; exit 1; }
 	@test -x $(VENV_PYTHON) || $(PYTHON) -m venv $(VENV) || \
