@@ -259,3 +259,15 @@ def test_a_loss_objective_is_minimised_unless_told_otherwise(tmp_path):
     result = launcher("tune", "--objective", "valid_loss", "--direction", "Maximize",
                       cwd=tmp_path, timeout=60)
     assert "maximize valid_loss" in result.stdout
+
+
+def test_no_launcher_module_imports_torch_or_the_sdk():
+    """The sagemaker backend must run on a laptop without torch; the SDK loads on use."""
+    modules = sorted(p.stem for p in (REPO / "launcher").glob("*.py") if p.stem != "__main__")
+    code = ("import importlib, sys\n"
+            f"for name in {modules!r}: importlib.import_module('launcher.' + name)\n"
+            "print('torch' in sys.modules, 'sagemaker' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False", "False"]
