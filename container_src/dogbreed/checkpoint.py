@@ -21,8 +21,10 @@ from safetensors.torch import load_file, save_file
 
 CHECKPOINT_FILE = "checkpoint.pt"
 BEST_WEIGHTS_PATTERN = "best-epoch*.safetensors"
-# A checkpoint is only reused by a job with the same settings, apart from these.
-RESUMABLE_CHANGES = ("epochs", "patience", "num-workers")
+# A checkpoint is only reused by a job with the same settings, apart from these: how
+# long it runs and what it observes, not what it learns.
+RESUMABLE_CHANGES = ("epochs", "patience", "num-workers", "debugger", "debugger-collections",
+                     "debugger-save-interval")
 
 
 class ResumeError(ValueError):

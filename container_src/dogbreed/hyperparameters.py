@@ -31,6 +31,9 @@ class Hyperparameters:
     seed: int = 0
     num_workers: str = "auto"
     amp: str = "auto"
+    debugger: str = "on"
+    debugger_collections: str = "losses,metrics"
+    debugger_save_interval: int = 10
 
     def as_dict(self) -> dict[str, Any]:
         """Kebab-case names, as the user wrote them."""
@@ -41,7 +44,11 @@ CHOICES = {
     "optimizer": ("adamw", "adam", "sgd"),
     "trainable": ("fc", "layer4", "all"),
     "amp": ("auto", "bf16", "fp16", "off"),
+    "debugger": ("on", "off"),
 }
+# What the debugger hook can save, named as SageMaker Debugger names its collections.
+DEBUGGER_COLLECTIONS = ("losses", "metrics", "weights", "biases", "gradients", "relu_input",
+                        "outputs", "labels")
 # Inclusive bounds; lr's lower bound is exclusive (checked separately).
 INT_RANGES = {
     "epochs": (1, 1000),
@@ -49,6 +56,7 @@ INT_RANGES = {
     "image_size": (32, 1024),
     "patience": (0, 1000),
     "seed": (0, 2**32 - 1),
+    "debugger_save_interval": (1, 1_000_000),
 }
 FLOAT_RANGES = {
     "lr": (0.0, 10.0),
@@ -93,6 +101,16 @@ def _parse_value(name: str, value: Any) -> Any:
         return number
     if name == "amp" and str(value).strip().lower() in ("true", "false"):
         return "auto" if str(value).strip().lower() == "true" else "off"
+    if name == "debugger" and str(value).strip().lower() in ("true", "false"):
+        return "on" if str(value).strip().lower() == "true" else "off"
+    if name == "debugger_collections":
+        names = [part.strip().lower() for part in str(value).split(",") if part.strip()]
+        wrong = [part for part in names if part not in DEBUGGER_COLLECTIONS]
+        if wrong:
+            raise HyperparameterError(
+                f"hyperparameter {key}: unknown collection(s) {', '.join(wrong)}; known: "
+                f"{', '.join(DEBUGGER_COLLECTIONS)}")
+        return ",".join(dict.fromkeys(names))
     if name in CHOICES:
         text = str(value).strip().lower()
         if text not in CHOICES[name]:

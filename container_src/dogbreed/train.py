@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader
 
 from dogbreed import artifact, checkpoint, metrics
 from dogbreed.callbacks import Callback, CallbackList, ProgressLogger, TrainState, describe
+from dogbreed.debugger import DebuggerHook
 from dogbreed.data import Channel, ChannelError, EpochSampler, ImageListDataset, scan_channel
 from dogbreed.distributed import (DistContext, all_reduce_sum, broadcast_from_main,
                                   gather_objects, init_worker, is_torchrun_worker,
@@ -55,8 +56,13 @@ class TrainingDiverged(Exception):
 
 def extra_callbacks(hp: Hyperparameters, env: JobEnvironment,
                     context: DistContext) -> list[Callback]:
-    """Where the debugger and profiler plug into the loop (none yet)."""
-    return []
+    """Where the debugger and profiler plug into the loop."""
+    callbacks: list[Callback] = []
+    if hp.debugger == "on" and hp.debugger_collections:
+        callbacks.append(DebuggerHook(env.paths.output_data / "debug",
+                                      hp.debugger_collections.split(","),
+                                      hp.debugger_save_interval))
+    return callbacks
 
 
 def main() -> int:
