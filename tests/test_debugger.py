@@ -130,3 +130,45 @@ def test_smdebug_reads_a_trace_written_by_a_job(sample_data, tmp_path, smdebug_p
     assert found["fc_grad_l2"] > 0  # (its mean is 0: softmax gradients sum to 0 per image)
     assert len(found["labels"]) == 16 and set(found["labels"]) <= set(range(5))
     assert found["relu"] == 49  # the stem's ReLU, and each of 16 blocks calls its ReLU 3 times
+
+
+def test_a_sagemaker_hook_config_adds_collections_with_their_own_settings(sample_data,
+                                                                          tmp_path):
+    from launcher.job_dir import prepare_training_dir
+    prepare_training_dir(tmp_path, {}, channels_of(sample_data))
+    (tmp_path / "input" / "config" / "debughookconfig.json").write_text(json.dumps({
+        "LocalPath": str(tmp_path / "tensors"),
+        "HookParameters": {"save_interval": "5"},
+        "CollectionConfigurations": [
+            {"CollectionName": "gradients",
+             "CollectionParameters": {"save_interval": "4", "reductions": "l2_norm,max"}},
+            {"CollectionName": "labels"}]}))
+    result = run_job(tmp_path, dict(FAST_HYPERPARAMETERS, epochs=1), channels_of(sample_data))
+    assert result.returncode == 0, result.stderr
+    trace = tmp_path / "tensors"  # LocalPath, not output/data/debug
+    collections = json.loads((trace / "collections/000000000/worker_0_collections.json")
+                             .read_text())["collections"]
+    assert sorted(collections) == ["gradients", "labels", "losses", "metrics"]
+    assert collections["gradients"]["reduction_config"]["reductions"] == "l2_norm,max"
+    assert collections["gradients"]["save_config"]["TRAIN"]["save_interval"] == 4
+    steps = {json.loads(p.read_text())["meta"]["mode_step"]: json.loads(p.read_text())
+             for p in (trace / "index").rglob("*.json")
+             if json.loads(p.read_text())["meta"]["mode"] == "TRAIN"}
+    # losses/metrics every 10 (hyperparameter), gradients every 4, labels every 5 (hook).
+    assert sorted(steps) == [0, 4, 5]
+    names = {entry["tensorname"] for entry in steps[4]["tensor_payload"]}
+    assert "smdebug/reductions/l2/gradient/fc.weight" in names
+    assert "smdebug/reductions/max/gradient/fc.weight" in names
+    assert not any("mean" in name for name in names) and "labels" not in names
+    assert {entry["tensorname"] for entry in steps[5]["tensor_payload"]} == {"labels"}
+
+
+def test_a_bad_hook_config_fails_the_job_with_its_reason(sample_data, tmp_path):
+    from launcher.job_dir import prepare_training_dir
+    prepare_training_dir(tmp_path, {}, channels_of(sample_data))
+    (tmp_path / "input" / "config" / "debughookconfig.json").write_text(json.dumps({
+        "CollectionConfigurations": [{"CollectionName": "gradients", "CollectionParameters":
+                                      {"reductions": "abs_mean"}}]}))
+    result = run_job(tmp_path, dict(FAST_HYPERPARAMETERS, epochs=1), channels_of(sample_data))
+    assert result.returncode == 1
+    assert "reduction 'abs_mean' is not supported" in (tmp_path / "output" / "failure").read_text()

@@ -20,7 +20,8 @@ Reductions are l2, mean, std, min and max, stored as smdebug stores them (so
 `trial.tensor(name).reduction_value(step, "l2")` reads them). TRAIN steps are saved every
 `debugger-save-interval` steps; after every epoch one EVAL step holds the validation
 metrics. On by default with `losses,metrics` (what SageMaker's default hook saves); the
-heavier collections are opt-in. Rank 0 alone writes.
+heavier collections are opt-in, and a `debughookconfig.json` adds collections with their
+own intervals, reductions and raw tensors (`dogbreed.debugger_config`). Rank 0 writes.
 """
 
 from __future__ import annotations
@@ -31,17 +32,14 @@ import numpy as np
 import torch
 
 from dogbreed.callbacks import Callback, StepResult, TrainState
+from dogbreed.debugger_config import DebuggerConfig
 from dogbreed.smdebug_trace import TraceWriter, reduce, reduction_name
-
-DEFAULT_REDUCTIONS = ("l2", "mean", "std", "min", "max")
-REDUCED = ("weights", "biases", "gradients", "relu_input")
 
 
 class DebuggerHook(Callback):
-    def __init__(self, out_dir: Path, collections: list[str], save_interval: int):
-        self.out_dir = Path(out_dir)
-        self.collections = list(collections)
-        self.save_interval = save_interval
+    def __init__(self, config: DebuggerConfig):
+        self.config = config
+        self.collections = config.collections
         self.writer: TraceWriter | None = None
         self._relu_inputs: dict[str, torch.Tensor] = {}  # one per call: a block reuses its ReLU
         self._handles: list = []
@@ -52,42 +50,44 @@ class DebuggerHook(Callback):
     def on_train_begin(self, state: TrainState) -> None:
         if not state.is_main:
             return
-        self.writer = TraceWriter(self.out_dir)
+        self.writer = TraceWriter(self.config.out_dir)
         if "relu_input" in self.collections:
             for name, module in _unwrap(state.model).named_modules():
                 if isinstance(module, torch.nn.ReLU):
                     self._handles.append(module.register_forward_pre_hook(
                         self._relu_pre_hook(name)))
-        # The next TRAIN step decides whether relu inputs are kept (only on saved steps).
-        self._capture = self._saves(state.global_step)
+        # Relu inputs are kept only for a step that saves them (they are large).
+        self._capture = self._keeps_relu(state.global_step)
 
     def on_step_end(self, state: TrainState, step: StepResult) -> None:
         if self.writer is None:
             return
         mode_step = state.global_step - 1  # 0-based, as smdebug counts
-        self._capture = self._saves(state.global_step)  # for the step that comes next
-        if not self._saves(mode_step):
+        self._capture = self._keeps_relu(state.global_step)  # for the step that comes next
+        saving = self.config.saving(mode_step)
+        if not saving:
             self._relu_inputs.clear()
             return
         self.writer.begin_step(self._global(mode_step, state.epoch), "TRAIN", mode_step)
-        named = dict(_unwrap(state.model).named_parameters())
-        if "losses" in self.collections:
-            self._value("losses", "loss", step.loss.float())
-        if "metrics" in self.collections:
+        if "losses" in saving:
+            self._save("losses", "loss", step.loss.float())
+        if "metrics" in saving:
             accuracy = (step.outputs.argmax(dim=1) == step.labels).float().mean()
-            self._value("metrics", "train_accuracy", accuracy)
-        if "outputs" in self.collections:
-            self._value("outputs", "predictions", step.outputs.argmax(dim=1))
-        if "labels" in self.collections:
-            self._value("labels", "labels", step.labels)
-        for name, parameter in named.items():  # frozen ones too: their drift would be a bug
+            self._save("metrics", "train_accuracy", accuracy)
+        if "outputs" in saving:
+            self._save("outputs", "predictions", step.outputs.argmax(dim=1))
+        if "labels" in saving:
+            self._save("labels", "labels", step.labels)
+        for name, parameter in _unwrap(state.model).named_parameters():
+            # Frozen parameters too: a frozen layer that drifts would be a bug.
             kind = "biases" if name.endswith("bias") else "weights"
-            if kind in self.collections:
-                self._reduced(kind, name, parameter.detach())
-            if "gradients" in self.collections and parameter.grad is not None:
-                self._reduced("gradients", f"gradient/{name}", parameter.grad.detach())
-        for name, tensor in self._relu_inputs.items():
-            self._reduced("relu_input", name, tensor)
+            if kind in saving:
+                self._save(kind, name, parameter.detach())
+            if "gradients" in saving and parameter.grad is not None:
+                self._save("gradients", f"gradient/{name}", parameter.grad.detach())
+        if "relu_input" in saving:
+            for name, tensor in self._relu_inputs.items():
+                self._save("relu_input", name, tensor)
         self._relu_inputs.clear()
         self.writer.end_step()
 
@@ -97,10 +97,10 @@ class DebuggerHook(Callback):
         epoch_index = state.epoch - 1
         self.writer.begin_step(state.global_step + epoch_index, "EVAL", epoch_index)
         if "losses" in self.collections:
-            self._value("losses", "loss", torch.tensor(metrics["valid_loss"]))
+            self._save("losses", "loss", torch.tensor(metrics["valid_loss"]))
         if "metrics" in self.collections:
             for name in ("valid_loss", "valid_accuracy"):
-                self._value("metrics", name, torch.tensor(metrics[name]))
+                self._save("metrics", name, torch.tensor(metrics[name]))
         self.writer.end_step()
 
     def on_train_end(self, state: TrainState) -> None:
@@ -111,8 +111,9 @@ class DebuggerHook(Callback):
 
     # ---- helpers -----------------------------------------------------------------------
 
-    def _saves(self, mode_step: int) -> bool:
-        return mode_step % self.save_interval == 0
+    def _keeps_relu(self, mode_step: int) -> bool:
+        relu = self.collections.get("relu_input")
+        return relu is not None and relu.saves(mode_step)
 
     @staticmethod
     def _global(mode_step: int, epoch: int) -> int:
@@ -128,16 +129,16 @@ class DebuggerHook(Callback):
                 self._relu_inputs[f"{name}_input_{calls}"] = inputs[0].detach()
         return keep_input
 
-    def _value(self, collection: str, name: str, tensor: torch.Tensor) -> None:
-        self.writer.add_to_collection(collection, name, save_interval=self.save_interval)
-        self.writer.write(name, _numpy(tensor))
-
-    def _reduced(self, collection: str, name: str, tensor: torch.Tensor) -> None:
-        self.writer.add_to_collection(collection, name, DEFAULT_REDUCTIONS, save_raw=False,
-                                      save_interval=self.save_interval)
-        values = _numpy(tensor.float())
-        for reduction in DEFAULT_REDUCTIONS:
-            self.writer.write(reduction_name(name, reduction), reduce(values, reduction))
+    def _save(self, collection: str, name: str, tensor: torch.Tensor) -> None:
+        config = self.collections[collection]
+        self.writer.add_to_collection(collection, name, config.reductions, config.save_raw,
+                                      config.save_interval)
+        values = _numpy(tensor)
+        if config.save_raw:
+            self.writer.write(name, values)
+        for reduction in config.reductions:
+            self.writer.write(reduction_name(name, reduction),
+                              reduce(values.astype(np.float32, copy=False), reduction))
 
 
 def _numpy(tensor: torch.Tensor) -> np.ndarray:

@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 from dogbreed import artifact, checkpoint, metrics
 from dogbreed.callbacks import Callback, CallbackList, ProgressLogger, TrainState, describe
 from dogbreed.debugger import DebuggerHook
+from dogbreed.debugger_config import DebuggerConfigError, debugger_config
 from dogbreed.data import Channel, ChannelError, EpochSampler, ImageListDataset, scan_channel
 from dogbreed.distributed import (DistContext, all_reduce_sum, broadcast_from_main,
                                   gather_objects, init_worker, is_torchrun_worker,
@@ -43,7 +44,7 @@ EXIT_INTERRUPTED = 128 + signal.SIGTERM
 SKIPPED_PATHS_SHOWN = 3
 # The user's mistakes: reported as one line, without a traceback.
 USER_ERRORS = (HyperparameterError, ChannelError, JobConfigError, PretrainedWeightsError,
-               checkpoint.ResumeError)
+               checkpoint.ResumeError, DebuggerConfigError)
 
 
 class TrainingInterrupted(Exception):
@@ -58,10 +59,10 @@ def extra_callbacks(hp: Hyperparameters, env: JobEnvironment,
                     context: DistContext) -> list[Callback]:
     """Where the debugger and profiler plug into the loop."""
     callbacks: list[Callback] = []
-    if hp.debugger == "on" and hp.debugger_collections:
-        callbacks.append(DebuggerHook(env.paths.output_data / "debug",
-                                      hp.debugger_collections.split(","),
-                                      hp.debugger_save_interval))
+    debugging = debugger_config(hp, env.paths.base / "input" / "config",
+                                env.paths.output_data / "debug")
+    if debugging is not None:
+        callbacks.append(DebuggerHook(debugging))
     return callbacks
 
 

@@ -1,0 +1,123 @@
+"""What the debugger hook saves, where, and how often: from the hyperparameters, and from
+`input/config/debughookconfig.json` when SageMaker (or a user) wrote one.
+
+SageMaker writes that file for a job with a `DebuggerHookConfig`: `LocalPath` (where the
+trace goes), `HookParameters` (`save_interval`, ...) and `CollectionConfigurations`
+(`CollectionName` plus `CollectionParameters` such as `save_interval`, `reductions`,
+`save_raw_tensor`). Those collections are saved on top of the hyperparameters' ones, with
+their own intervals and reductions. Torch-free.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from dogbreed.hyperparameters import DEBUGGER_COLLECTIONS, Hyperparameters
+
+HOOK_CONFIG_FILE = "debughookconfig.json"
+# Saved as reductions unless a config asks for raw tensors too: a ResNet50's weights and
+# gradients are 100 MB per saved step.
+REDUCED = ("weights", "biases", "gradients", "relu_input")
+DEFAULT_REDUCTIONS = ("l2", "mean", "std", "min", "max")
+# smdebug's spellings ("l2_norm", "abs_mean") -> what our writer stores.
+KNOWN_REDUCTIONS = ("min", "max", "mean", "std", "variance", "sum", "prod", "l1", "l2")
+
+
+class DebuggerConfigError(ValueError):
+    """A debughookconfig.json the job cannot honour; the message says what is wrong."""
+
+
+@dataclass(frozen=True)
+class CollectionConfig:
+    name: str
+    save_interval: int
+    reductions: tuple[str, ...] = ()
+    save_raw: bool = True
+
+    def saves(self, mode_step: int) -> bool:
+        return mode_step % self.save_interval == 0
+
+
+@dataclass(frozen=True)
+class DebuggerConfig:
+    out_dir: Path
+    collections: dict[str, CollectionConfig]
+
+    def saves_any(self, mode_step: int) -> bool:
+        return any(c.saves(mode_step) for c in self.collections.values())
+
+    def saving(self, mode_step: int) -> set[str]:
+        return {name for name, c in self.collections.items() if c.saves(mode_step)}
+
+
+def debugger_config(hp: Hyperparameters, config_dir: Path,
+                    default_out_dir: Path) -> DebuggerConfig | None:
+    """None when the hook has nothing to do."""
+    collections: dict[str, CollectionConfig] = {}
+    out_dir = default_out_dir
+    if hp.debugger == "on":
+        for name in filter(None, hp.debugger_collections.split(",")):
+            collections[name] = _collection(name, hp.debugger_save_interval)
+    file = config_dir / HOOK_CONFIG_FILE
+    if file.is_file():
+        out_dir, from_file = _read_hook_config(file, hp.debugger_save_interval)
+        collections.update(from_file)
+    return DebuggerConfig(Path(out_dir), collections) if collections else None
+
+
+def _collection(name: str, interval: int) -> CollectionConfig:
+    if name in REDUCED:
+        return CollectionConfig(name, interval, DEFAULT_REDUCTIONS, save_raw=False)
+    return CollectionConfig(name, interval)
+
+
+def _read_hook_config(file: Path, default_interval: int) -> tuple[Path, dict]:
+    try:
+        document = json.loads(file.read_text())
+        hook = {key.lower(): value for key, value in
+                (document.get("HookParameters") or {}).items()}
+        interval = _positive_int(hook.get("save_interval", default_interval), "save_interval")
+        collections = {}
+        for entry in document.get("CollectionConfigurations") or []:
+            name = str(entry["CollectionName"]).lower()
+            if name not in DEBUGGER_COLLECTIONS:
+                raise DebuggerConfigError(f"collection {name!r} is not one this hook saves "
+                                          f"({', '.join(DEBUGGER_COLLECTIONS)})")
+            parameters = {k.lower(): v for k, v in
+                          (entry.get("CollectionParameters") or {}).items()}
+            config = _collection(name, _positive_int(
+                parameters.get("save_interval", interval), f"{name}.save_interval"))
+            if "reductions" in parameters:
+                config = replace(config, reductions=_reductions(parameters["reductions"]))
+            if "save_raw_tensor" in parameters:
+                config = replace(config, save_raw=str(parameters["save_raw_tensor"]).lower()
+                                 == "true")
+            collections[name] = config
+        return Path(document.get("LocalPath") or "/opt/ml/output/tensors"), collections
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise DebuggerConfigError(f"{file} cannot be used: {error}") from None
+
+
+def _positive_int(value: Any, what: str) -> int:
+    number = int(str(value))
+    if number < 1:
+        raise DebuggerConfigError(f"{what} must be at least 1, got {value!r}")
+    return number
+
+
+def _reductions(text: Any) -> tuple[str, ...]:
+    found = []
+    for part in str(text).split(","):
+        part = part.strip().lower()
+        if not part:
+            continue
+        name = part.removesuffix("_norm")
+        if name.startswith("abs_") or name not in KNOWN_REDUCTIONS:
+            raise DebuggerConfigError(f"reduction {part!r} is not supported (use "
+                                      f"{', '.join(KNOWN_REDUCTIONS)}; norms as l1_norm, "
+                                      "l2_norm)")
+        found.append(name)
+    return tuple(found)
