@@ -53,6 +53,7 @@ benchmark: venv java
 	$(VENV_PYTHON) benchmarks/train_throughput.py
 	$(VENV_PYTHON) benchmarks/serve_latency.py
 	$(VENV_PYTHON) benchmarks/tune_overhead.py
+	$(VENV_PYTHON) benchmarks/debugger_overhead.py
 
 # The base, training and serving images (docker/build.sh says which settings it takes:
 # BASE_IMAGE, IMAGENET_WEIGHTS, TAG).
