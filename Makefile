@@ -8,7 +8,7 @@ VENV := .venv
 VENV_PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv java demo test unit-test local-mode-test benchmark build push test-base clean
+.PHONY: venv java demo test unit-test local-mode-test benchmark build push test-base prune-images clean
 
 venv: $(STAMP)
 
@@ -70,6 +70,13 @@ push: venv
 test-base:
 	bash docker/engine.sh
 	bash docker/test_base.sh
+
+# Every build tags the images with the commit too, and a changed base leaves its 6 GB of
+# old layers behind: remove dogbreed images other than :latest and :test, and dangling ones.
+prune-images:
+	docker images --format '{{.Repository}}:{{.Tag}}' | grep -E '^dogbreed-(base|train|serve):' \
+		| grep -vE ':(latest|test)$$' | xargs -r docker rmi
+	docker image prune -f
 
 clean:
 	rm -rf demo_output runs benchmarks/output .pytest_cache
