@@ -22,7 +22,7 @@ from torchvision.models import resnet50
 
 from dogbreed.callbacks import StepResult, TrainState
 from dogbreed.debugger import DebuggerHook
-from dogbreed.debugger_config import DebuggerConfig, _collection
+from dogbreed.debugger_config import DebuggerConfig, collection_config
 
 CONFIGS = {"default (losses,metrics)": ["losses", "metrics"], "weights": ["weights"],
            "gradients": ["gradients"], "relu_input": ["relu_input"],
@@ -69,7 +69,7 @@ def main() -> None:
           f" {'share of step':>14}")
     for label, names in CONFIGS.items():
         folder = Path(tempfile.mkdtemp(prefix="debugger_overhead_"))
-        hook = DebuggerHook(DebuggerConfig(folder, {n: _collection(n, 1) for n in names}))
+        hook = DebuggerHook(DebuggerConfig(folder, {n: collection_config(n, 1) for n in names}))
         state = TrainState(model=model, optimizer=optimizer, epochs=1)
         hook.on_train_begin(state)
         timings = []

@@ -70,7 +70,7 @@ def start_serve_process(model_dir: Path, endpoint_dir: Path, port: int,
                         workers: int | None) -> subprocess.Popen:
     """`python -m dogbreed.serve` on endpoint_dir/model, in the background."""
     base = endpoint_dir.resolve()
-    (base / "model").parent.mkdir(parents=True, exist_ok=True)
+    base.mkdir(parents=True, exist_ok=True)
     link = base / "model"
     if link.is_symlink() or link.exists():
         link.unlink()

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Mapping
 
+from launcher.errors import LauncherError
 from launcher.job_dir import prepare_training_dir
 
 CHANNELS = ("train", "valid", "test")
@@ -35,7 +36,6 @@ def data_channels(data_dir: str | Path) -> dict[str, Path]:
     found = {name: root / name for name in CHANNELS if (root / name).is_dir()}
     missing = [name for name in ("train", "valid") if name not in found]
     if missing:
-        from launcher.errors import LauncherError
         raise LauncherError(f"no {' or '.join(missing)} folder under {root}: run `python -m "
                             "launcher data` (or `data --synthetic`) first, or pass --data")
     return found

@@ -52,6 +52,18 @@ def fake_backend(folder: Path) -> TrialJob:
     return TrialJob(start, outcome)
 
 
+def interrupted_at(backend: TrialJob, call: int) -> TrialJob:
+    """The backend, with a Ctrl-C (SIGINT to this process) as its `call`-th job starts."""
+    calls = []
+
+    def start(name, hyperparameters):
+        calls.append(name)
+        if len(calls) == call:
+            os.kill(os.getpid(), signal.SIGINT)
+        return backend.start(name, hyperparameters)
+    return TrialJob(start, backend.outcome)
+
+
 def tuning_config(**tuning) -> Config:
     values = {"max_jobs": 4, "max_parallel_jobs": 1,
               "ranges": {"lr": {"type": "continuous", "min": 1e-5, "max": 1e-1,
@@ -122,18 +134,9 @@ def test_grid_runs_every_combination_once_and_resumes_exactly(tmp_path):
         "lr": {"type": "categorical", "values": [0.001, 0.01]},
         "batch-size": {"type": "categorical", "values": [16, 32, 64]}})
     backend = fake_backend(tmp_path)
-    calls = []
-
-    def start_then_interrupt(name, hyperparameters):
-        calls.append(name)
-        if len(calls) == 3:
-            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while the third job starts
-        return backend.start(name, hyperparameters)
-
     from launcher.errors import LauncherError
     with pytest.raises(LauncherError, match="interrupted"):
-        run_study(config, tmp_path / "grid", TrialJob(start_then_interrupt, backend.outcome),
-                  {"epochs": 1})
+        run_study(config, tmp_path / "grid", interrupted_at(backend, 3), {"epochs": 1})
     rows = trials_summary(run_study(config, tmp_path / "grid", backend, {"epochs": 1}))
     done = [(row["hyperparameters"]["lr"], row["hyperparameters"]["batch-size"])
             for row in rows if row["status"] == "Completed"]
@@ -196,18 +199,9 @@ def test_an_interrupted_study_resumes(tmp_path):
     config = tuning_config(max_jobs=3)
     folder = tmp_path / "study"
     backend = fake_backend(tmp_path)
-    calls = []
-
-    def start_then_interrupt(name, hyperparameters):
-        calls.append(name)
-        if len(calls) == 2:
-            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while the second job starts
-        return backend.start(name, hyperparameters)
-
     from launcher.errors import LauncherError
     with pytest.raises(LauncherError, match="run the same command again to resume"):
-        run_study(config, folder, TrialJob(start_then_interrupt, backend.outcome),
-                  {"epochs": 2}, seed=0)
+        run_study(config, folder, interrupted_at(backend, 2), {"epochs": 2}, seed=0)
     study = run_study(config, folder, backend, {"epochs": 2}, seed=0)
     rows = trials_summary(study)
     assert [row["status"] for row in rows] == ["Completed", "Interrupted", "Completed",

@@ -46,9 +46,6 @@ class DebuggerConfig:
     out_dir: Path
     collections: dict[str, CollectionConfig]
 
-    def saves_any(self, mode_step: int) -> bool:
-        return any(c.saves(mode_step) for c in self.collections.values())
-
     def saving(self, mode_step: int) -> set[str]:
         return {name for name, c in self.collections.items() if c.saves(mode_step)}
 
@@ -60,7 +57,7 @@ def debugger_config(hp: Hyperparameters, config_dir: Path,
     out_dir = default_out_dir
     if hp.debugger == "on":
         for name in filter(None, hp.debugger_collections.split(",")):
-            collections[name] = _collection(name, hp.debugger_save_interval)
+            collections[name] = collection_config(name, hp.debugger_save_interval)
     file = config_dir / HOOK_CONFIG_FILE
     if file.is_file():
         out_dir, from_file = _read_hook_config(file, hp.debugger_save_interval)
@@ -68,7 +65,8 @@ def debugger_config(hp: Hyperparameters, config_dir: Path,
     return DebuggerConfig(Path(out_dir), collections) if collections else None
 
 
-def _collection(name: str, interval: int) -> CollectionConfig:
+def collection_config(name: str, interval: int) -> CollectionConfig:
+    """A collection's defaults: reductions only for the large tensors, values otherwise."""
     if name in REDUCED:
         return CollectionConfig(name, interval, DEFAULT_REDUCTIONS, save_raw=False)
     return CollectionConfig(name, interval)
@@ -88,7 +86,7 @@ def _read_hook_config(file: Path, default_interval: int) -> tuple[Path, dict]:
                                           f"({', '.join(DEBUGGER_COLLECTIONS)})")
             parameters = {k.lower(): v for k, v in
                           (entry.get("CollectionParameters") or {}).items()}
-            config = _collection(name, _positive_int(
+            config = collection_config(name, _positive_int(
                 parameters.get("save_interval", interval), f"{name}.save_interval"))
             if "reductions" in parameters:
                 config = replace(config, reductions=_reductions(parameters["reductions"]))
