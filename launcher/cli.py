@@ -10,6 +10,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from launcher.debugging import add_debugging_options
+
 BACKENDS = ("process", "local", "sagemaker")
 BACKEND_HELP = ("where it runs: process (local processes, no Docker or AWS; default), local "
                 "(our images under SageMaker local mode; needs Docker), sagemaker (AWS)")
@@ -83,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--no-wait", action="store_true", help="sagemaker: start and return")
     tune.add_argument("--attach", action="store_true", help="sagemaker: do not start a job; "
                       "wait for the one named --name and show its results")
+    add_debugging_options(tune)
 
     train = command("train", "Run one training job and print where its model is (pass a "
                     "tuner's best.json as --hyperparameters to train with what it found).")
@@ -95,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--data", help="data folder for the local backends (default: "
                        "data.local_dir)")
     train.add_argument("--no-wait", action="store_true", help="sagemaker: start and return")
+    add_debugging_options(train)
 
     deploy = command("deploy", "Deploy a model on the serving image and print how to reach it.")
     deploy.add_argument("--model", help="a model/ folder or model.tar.gz (s3:// for "

@@ -20,6 +20,7 @@ from typing import Any
 
 from dogbreed.hyperparameters import HyperparameterError, parse_hyperparameters
 from launcher import endpoints, jobs, tuning_results
+from launcher.debugging import debugging_settings
 from launcher.config import Config
 from launcher.errors import LauncherError
 from launcher.state import load_state, locked_state, update_state
@@ -185,7 +186,8 @@ def tune(args, config: Config, workdir: Path) -> int:
         max_parallel_jobs=args.max_parallel_jobs, ranges=ranges)
     config = config.model_copy(update={"tuning": tuning})
     static = {key: value for key, value in
-              merged_hyperparameters(config, None, parse_settings(args.set)).items()
+              merged_hyperparameters(config, None, {**debugging_settings(args),
+                                                    **parse_settings(args.set)}).items()
               if key not in tuning.ranges}
     # SageMaker: tuning job names are unique per account and at most 32 characters.
     if args.name:
@@ -301,7 +303,8 @@ def _sagemaker_tuning_results(config: Config, workdir: Path, name: str, static: 
 
 def train(args, config: Config, workdir: Path) -> int:
     hyperparameters = merged_hyperparameters(config, args.hyperparameters,
-                                             parse_settings(args.set))
+                                             {**debugging_settings(args),
+                                              **parse_settings(args.set)})
     name = checked_name(args.name, 63, "training job") if args.name else jobs.job_name()
     print(f"training job {name} on the {args.backend} backend")
     print("  " + " ".join(f"{key}={value}" for key, value in sorted(hyperparameters.items())))

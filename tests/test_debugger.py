@@ -48,8 +48,8 @@ def test_the_default_hook_saves_losses_and_metrics(sample_data, tmp_path):
 
 
 def test_debugger_off_writes_nothing(sample_data, tmp_path):
-    result = run_job(tmp_path, dict(FAST_HYPERPARAMETERS, epochs=1, debugger="off"),
-                     channels_of(sample_data))
+    result = run_job(tmp_path, dict(FAST_HYPERPARAMETERS, epochs=1, debugger="off",
+                                    profiler="off"), channels_of(sample_data))
     assert result.returncode == 0, result.stderr
     assert not (tmp_path / "output" / "data" / "debug").exists()
     assert "callbacks: ProgressLogger\n" in result.stdout

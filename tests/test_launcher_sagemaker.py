@@ -176,13 +176,20 @@ def test_data_uploads_the_channels(moto, uploaded, project):
 
 def test_train_sends_the_training_job(moto, uploaded, project):
     result = launcher(moto, project, "train", "--backend", "sagemaker", "--set", "lr=0.002",
-                      "--name", "dogbreed-train-1")
+                      "--name", "dogbreed-train-1", "--rule", "ExplodingTensor:stop",
+                      "--rule", "Overfit", "--rule-parameter", "Overfit.patience=2",
+                      "--debugger-collections", "losses,gradients", "--profiler-window", "5:3")
     assert result.returncode == 0, result.stderr
     sent = moto.one("CreateTrainingJob")
     assert sent["TrainingJobName"] == "dogbreed-train-1"
     assert sent["AlgorithmSpecification"]["TrainingImage"] == TRAIN_IMAGE
     assert sent["AlgorithmSpecification"]["MetricDefinitions"] == METRIC_DEFINITIONS
-    assert sent["HyperParameters"] == {"epochs": "6", "trainable": "layer4", "lr": "0.002"}
+    # Debugging and profiling travel as hyperparameters: the job does them itself.
+    assert sent["HyperParameters"] == {
+        "epochs": "6", "trainable": "layer4", "lr": "0.002",
+        "rules": "ExplodingTensor:stop,Overfit", "rule-parameters": "Overfit.patience=2",
+        "debugger-collections": "losses,gradients", "profiler-start-step": "5",
+        "profiler-num-steps": "3"}
     assert sent["RoleArn"] == ROLE
     assert sent["ResourceConfig"] == {"InstanceType": "ml.g5.2xlarge", "InstanceCount": 2,
                                       "VolumeSizeInGB": 80}
@@ -331,6 +338,14 @@ def test_missing_s3_data_and_a_bad_name_are_refused_before_any_call(moto, upload
     assert result.returncode == 1
     assert "no train or valid data under s3://dogbreed-tests/empty/data" in result.stderr
     assert len(moto.requests("CreateTrainingJob")) == before  # nothing started
+    for options, message in (
+            (["--rule", "Vanishing"], "unknown rule 'Vanishing'"),
+            (["--rule", "Overfit:page"], "rule Overfit has action 'page'"),
+            (["--profiler-window", "5"], "--profiler-window '5': use START:STEPS"),
+            (["--rule-parameter", "Overfit.ratio=1"], "rule Overfit has no parameter 'ratio'")):
+        result = launcher(moto, project, "train", "--backend", "sagemaker", *options)
+        assert result.returncode == 1 and message in result.stderr, result.stderr
+    assert len(moto.requests("CreateTrainingJob")) == before
     result = launcher(moto, project, "tune", "--backend", "sagemaker", "--name",
                       "x" * 33)
     assert result.returncode == 1

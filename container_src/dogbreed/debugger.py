@@ -26,6 +26,9 @@ own intervals, reductions and raw tensors (`dogbreed.debugger_config`). Rank 0 w
 
 from __future__ import annotations
 
+import os
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -33,17 +36,25 @@ import torch
 
 from dogbreed.callbacks import Callback, StepResult, TrainState
 from dogbreed.debugger_config import DebuggerConfig
+from dogbreed.rules import RuleRunner, probe_name, write_results
 from dogbreed.smdebug_trace import TraceWriter, reduce, reduction_name
 
-
 class DebuggerHook(Callback):
-    def __init__(self, config: DebuggerConfig):
+    def __init__(self, config: DebuggerConfig, rules_file: Path, failure_file: Path,
+                 log=print):
         self.config = config
         self.collections = config.collections
         self.writer: TraceWriter | None = None
+        self.rules = RuleRunner(config.rules, config.rule_parameters, log) \
+            if config.rules else None
+        self.rules_file = rules_file
+        self.failure_file = failure_file
+        self.log = log
         self._relu_inputs: dict[str, torch.Tensor] = {}  # one per call: a block reuses its ReLU
         self._handles: list = []
         self._capture = False
+        self._previous_weights: dict[str, torch.Tensor] = {}  # for WeightUpdateRatio
+        self._watchdog: StallWatchdog | None = None
 
     # ---- the loop's events -------------------------------------------------------------
 
@@ -58,11 +69,16 @@ class DebuggerHook(Callback):
                         self._relu_pre_hook(name)))
         # Relu inputs are kept only for a step that saves them (they are large).
         self._capture = self._keeps_relu(state.global_step)
+        if self.rules is not None and "StalledTrainingRule" in self.rules.rules:
+            self._watchdog = StallWatchdog(self.rules, self.config.rules["StalledTrainingRule"],
+                                           self.rules_file, self.failure_file, self.log)
 
     def on_step_end(self, state: TrainState, step: StepResult) -> None:
         if self.writer is None:
             return
         mode_step = state.global_step - 1  # 0-based, as smdebug counts
+        if self._watchdog is not None:
+            self._watchdog.beat()
         self._capture = self._keeps_relu(state.global_step)  # for the step that comes next
         saving = self.config.saving(mode_step)
         if not saving:
@@ -82,14 +98,14 @@ class DebuggerHook(Callback):
             # Frozen parameters too: a frozen layer that drifts would be a bug.
             kind = "biases" if name.endswith("bias") else "weights"
             if kind in saving:
-                self._save(kind, name, parameter.detach())
+                self._save(kind, name, parameter.detach(), parameter.requires_grad)
             if "gradients" in saving and parameter.grad is not None:
                 self._save("gradients", f"gradient/{name}", parameter.grad.detach())
         if "relu_input" in saving:
             for name, tensor in self._relu_inputs.items():
                 self._save("relu_input", name, tensor)
         self._relu_inputs.clear()
-        self.writer.end_step()
+        self._end_step(state)
 
     def on_epoch_end(self, state: TrainState, metrics: dict[str, float]) -> None:
         if self.writer is None or not {"losses", "metrics"} & set(self.collections):
@@ -101,13 +117,27 @@ class DebuggerHook(Callback):
         if "metrics" in self.collections:
             for name in ("valid_loss", "valid_accuracy"):
                 self._save("metrics", name, torch.tensor(metrics[name]))
-        self.writer.end_step()
+        self._end_step(state)
 
     def on_train_end(self, state: TrainState) -> None:
         for handle in self._handles:
             handle.remove()
+        if self._watchdog is not None:
+            self._watchdog.stop()
         if self.writer is not None:
             self.writer.close()
+            if self.rules is not None:
+                write_results(self.rules.finish(), self.rules_file)
+
+    def _end_step(self, state: TrainState) -> None:
+        """Write the step, then let the rules judge exactly what was written."""
+        self.writer.end_step()
+        if self.rules is None or self.writer.last_step is None:
+            return
+        for result in self.rules.observe(self.writer.last_step):
+            if result.action == "stop" and state.stop_reason is None:
+                state.stop_reason = f"rule {result.rule} found an issue {result.evidence}"
+        write_results(list(self.rules.results.values()), self.rules_file)
 
     # ---- helpers -----------------------------------------------------------------------
 
@@ -129,16 +159,81 @@ class DebuggerHook(Callback):
                 self._relu_inputs[f"{name}_input_{calls}"] = inputs[0].detach()
         return keep_input
 
-    def _save(self, collection: str, name: str, tensor: torch.Tensor) -> None:
+    def _save(self, collection: str, name: str, tensor: torch.Tensor,
+              trained: bool = True) -> None:
         config = self.collections[collection]
         self.writer.add_to_collection(collection, name, config.reductions, config.save_raw,
                                       config.save_interval)
         values = _numpy(tensor)
         if config.save_raw:
             self.writer.write(name, values)
+        floats = values.astype(np.float32, copy=False)
         for reduction in config.reductions:
-            self.writer.write(reduction_name(name, reduction),
-                              reduce(values.astype(np.float32, copy=False), reduction))
+            absolute = reduction.startswith("abs_")
+            reduction = reduction.removeprefix("abs_")
+            self.writer.write(reduction_name(name, reduction, absolute),
+                              reduce(floats, reduction, absolute))
+        for probe in config.probes:
+            value = self._probe(probe, name, tensor, floats, trained)
+            if value is not None:
+                self.writer.write(probe_name(probe, name), value)
+
+    def _probe(self, probe: str, name: str, tensor: torch.Tensor, floats: np.ndarray,
+               trained: bool) -> np.ndarray | None:
+        """The values a rule needs beyond smdebug's reductions (see dogbreed.rules)."""
+        if probe in ("p05", "p95"):
+            return np.asarray(np.percentile(floats, 5 if probe == "p05" else 95),
+                              dtype=np.float32)
+        if probe == "zero_fraction":
+            return np.asarray(np.count_nonzero(floats == 0) / max(floats.size, 1),
+                              dtype=np.float32)
+        if probe == "active_fraction":  # per channel: the share of inputs above zero
+            dims = [d for d in range(tensor.dim()) if d != 1]
+            return _numpy((tensor > 0).float().mean(dim=dims))
+        if probe == "update_l2" and trained:
+            previous = self._previous_weights.get(name)
+            self._previous_weights[name] = tensor.detach().clone()
+            if previous is not None:
+                return _numpy(torch.linalg.vector_norm((tensor - previous).float()))
+        return None
+
+
+class StallWatchdog:
+    """StalledTrainingRule online: a thread that notices when no step has finished for
+    `threshold` seconds (a stalled loop cannot check anything itself). With the stop
+    action it writes output/failure and ends the process, as StopTrainingJob would."""
+
+    def __init__(self, rules: RuleRunner, action: str, rules_file: Path, failure_file: Path,
+                 log=print):
+        self.rules, self.action, self.log = rules, action, log
+        self.rules_file, self.failure_file = rules_file, failure_file
+        self.threshold = rules.results["StalledTrainingRule"].parameters["threshold"]
+        self._last = time.monotonic()
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="stall-watchdog",
+                                        daemon=True)
+        self._thread.start()
+
+    def beat(self) -> None:
+        self._last = time.monotonic()
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def _watch(self) -> None:
+        while not self._stopped.wait(min(max(self.threshold / 4, 0.05), 10.0)):
+            result = self.rules.observe_time(time.monotonic(), self._last)
+            if result is None:
+                continue
+            write_results(list(self.rules.results.values()), self.rules_file)
+            if self.action == "stop":
+                self.failure_file.parent.mkdir(parents=True, exist_ok=True)
+                self.failure_file.write_text(f"rule StalledTrainingRule found an issue: "
+                                             f"{result.evidence}\n")
+                self.log("stopping: StalledTrainingRule (the training loop is stuck)",
+                         flush=True)
+                os._exit(1)
+            return
 
 
 def _numpy(tensor: torch.Tensor) -> np.ndarray:

@@ -11,11 +11,12 @@ their own intervals and reductions. Torch-free.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from dogbreed.hyperparameters import DEBUGGER_COLLECTIONS, Hyperparameters
+from dogbreed.rule_specs import SPECS, parse_rule_parameters
 
 HOOK_CONFIG_FILE = "debughookconfig.json"
 # Saved as reductions unless a config asks for raw tensors too: a ResNet50's weights and
@@ -34,17 +35,21 @@ class DebuggerConfigError(ValueError):
 class CollectionConfig:
     name: str
     save_interval: int
-    reductions: tuple[str, ...] = ()
+    reductions: tuple[str, ...] = ()  # "abs_mean" is the mean of absolute values
     save_raw: bool = True
+    probes: tuple[str, ...] = ()  # extra values a rule needs (dogbreed.rules)
+    first_steps: int = 0  # also save every one of the first N steps
 
     def saves(self, mode_step: int) -> bool:
-        return mode_step % self.save_interval == 0
+        return mode_step < self.first_steps or mode_step % self.save_interval == 0
 
 
 @dataclass(frozen=True)
 class DebuggerConfig:
     out_dir: Path
     collections: dict[str, CollectionConfig]
+    rules: dict[str, str] = field(default_factory=dict)  # rule -> action
+    rule_parameters: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def saving(self, mode_step: int) -> set[str]:
         return {name for name, c in self.collections.items() if c.saves(mode_step)}
@@ -62,7 +67,50 @@ def debugger_config(hp: Hyperparameters, config_dir: Path,
     if file.is_file():
         out_dir, from_file = _read_hook_config(file, hp.debugger_save_interval)
         collections.update(from_file)
-    return DebuggerConfig(Path(out_dir), collections) if collections else None
+    rules = dict(entry.split(":") for entry in filter(None, hp.rules.split(",")))
+    overrides = parse_rule_parameters(hp.rule_parameters)
+    for rule in rules:
+        _add_rule_needs(collections, rule, overrides.get(rule, {}), hp.debugger_save_interval)
+    if not collections:
+        return None
+    return DebuggerConfig(Path(out_dir), collections, rules, overrides)
+
+
+def _add_rule_needs(collections: dict[str, CollectionConfig], rule: str,
+                    overrides: dict[str, Any], interval: int) -> None:
+    """Enabling a rule turns on the collections it reads, with its probes (and abs_mean
+    for VanishingGradient), saved from the first step on when the rule looks there."""
+    spec = SPECS[rule]
+    needs = spec.needs
+    if rule == "AllZero":
+        needs = tuple(filter(None, str(overrides.get(
+            "collection_names", spec.defaults["collection_names"])).split(",")))
+        wrong = [name for name in needs if name not in DEBUGGER_COLLECTIONS]
+        if wrong:
+            raise DebuggerConfigError(f"AllZero.collection_names: unknown collection(s) "
+                                      f"{', '.join(wrong)}")
+    first_steps = int(overrides.get("steps", spec.defaults.get("steps", 0))) \
+        if spec.first_steps else 0
+    for name in needs:
+        config = collections.get(name) or collection_config(name, interval)
+        reductions = config.reductions
+        if rule == "VanishingGradient" and "abs_mean" not in reductions:
+            reductions += ("abs_mean",)
+        if rule == "PoorWeightInitialization" and name == "relu_input" \
+                and "std" not in reductions:
+            reductions += ("std",)
+        probes = config.probes
+        if name in ("gradients", "relu_input", "weights") or rule == "AllZero":
+            probes += tuple(p for p in spec.probes if p not in probes and
+                            _probe_applies(p, name))
+        collections[name] = replace(config, reductions=reductions, probes=probes,
+                                    first_steps=max(config.first_steps, first_steps))
+
+
+def _probe_applies(probe: str, collection: str) -> bool:
+    return {"p05": collection == "gradients", "p95": collection == "gradients",
+            "active_fraction": collection == "relu_input",
+            "update_l2": collection == "weights"}.get(probe, True)
 
 
 def collection_config(name: str, interval: int) -> CollectionConfig:

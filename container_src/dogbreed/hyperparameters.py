@@ -34,6 +34,12 @@ class Hyperparameters:
     debugger: str = "on"
     debugger_collections: str = "losses,metrics"
     debugger_save_interval: int = 10
+    rules: str = ""
+    rule_parameters: str = ""
+    profiler: str = "on"
+    profiler_interval_ms: int = 500
+    profiler_start_step: int = 5
+    profiler_num_steps: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         """Kebab-case names, as the user wrote them."""
@@ -45,6 +51,7 @@ CHOICES = {
     "trainable": ("fc", "layer4", "all"),
     "amp": ("auto", "bf16", "fp16", "off"),
     "debugger": ("on", "off"),
+    "profiler": ("on", "off"),
 }
 # What the debugger hook can save, named as SageMaker Debugger names its collections.
 DEBUGGER_COLLECTIONS = ("losses", "metrics", "weights", "biases", "gradients", "relu_input",
@@ -57,6 +64,9 @@ INT_RANGES = {
     "patience": (0, 1000),
     "seed": (0, 2**32 - 1),
     "debugger_save_interval": (1, 1_000_000),
+    "profiler_interval_ms": (50, 60_000),
+    "profiler_start_step": (0, 10_000_000),
+    "profiler_num_steps": (0, 1000),
 }
 FLOAT_RANGES = {
     "lr": (0.0, 10.0),
@@ -101,8 +111,17 @@ def _parse_value(name: str, value: Any) -> Any:
         return number
     if name == "amp" and str(value).strip().lower() in ("true", "false"):
         return "auto" if str(value).strip().lower() == "true" else "off"
-    if name == "debugger" and str(value).strip().lower() in ("true", "false"):
+    if name in ("debugger", "profiler") and str(value).strip().lower() in ("true", "false"):
         return "on" if str(value).strip().lower() == "true" else "off"
+    if name == "rules":
+        return _parse_rules(key, value)
+    if name == "rule_parameters":
+        from dogbreed.rule_specs import parse_rule_parameters
+        try:
+            parse_rule_parameters(str(value))
+        except ValueError as error:
+            raise HyperparameterError(f"hyperparameter {key}: {error}") from None
+        return ",".join(p.strip() for p in str(value).split(",") if p.strip())
     if name == "debugger_collections":
         names = [part.strip().lower() for part in str(value).split(",") if part.strip()]
         wrong = [part for part in names if part not in DEBUGGER_COLLECTIONS]
@@ -128,6 +147,25 @@ def _parse_value(name: str, value: Any) -> Any:
                                       "use imagenet, none, or a path to a state_dict")
         return text.lower() if text.lower() in ("imagenet", "none") else text
     raise AssertionError(f"no parser for {name}")
+
+
+def _parse_rules(key: str, value: Any) -> str:
+    """`Rule[:action],...` with action log (the default) or stop; normalised spelling.
+    The rule names are checked by `dogbreed.rules`, which knows them (torch-free)."""
+    from dogbreed.rule_specs import RULE_ACTIONS, RULE_NAMES
+    entries = []
+    for part in filter(None, (p.strip() for p in str(value).split(","))):
+        name, _, action = part.partition(":")
+        canonical = {n.lower(): n for n in RULE_NAMES}.get(name.strip().lower())
+        if canonical is None:
+            raise HyperparameterError(f"hyperparameter {key}: unknown rule {name.strip()!r}; "
+                                      f"known: {', '.join(RULE_NAMES)}")
+        action = action.strip().lower() or "log"
+        if action not in RULE_ACTIONS:
+            raise HyperparameterError(f"hyperparameter {key}: rule {canonical} has action "
+                                      f"{action!r}; use one of {', '.join(RULE_ACTIONS)}")
+        entries.append(f"{canonical}:{action}")
+    return ",".join(dict.fromkeys(entries))
 
 
 def _as_float(key: str, value: Any) -> float:

@@ -23,6 +23,7 @@ import os
 import re
 import struct
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
@@ -139,6 +140,16 @@ def reduce(array: np.ndarray, reduction: str, absolute: bool = False) -> np.ndar
     return np.asarray(function(values))
 
 
+@dataclass
+class TraceStep:
+    """One saved step as the rules see it, online (from the writer) or read back."""
+    step: int
+    mode: str
+    mode_step: int
+    wall_time: float
+    tensors: dict[str, np.ndarray]
+
+
 class TraceWriter:
     """Writes one worker's trace; a step's files appear whole (written, then renamed)."""
 
@@ -152,6 +163,8 @@ class TraceWriter:
         self._records = bytearray()
         self._index: list[dict] = []
         self._step: tuple[int, str, int] | None = None
+        self._tensors: dict[str, np.ndarray] = {}
+        self.last_step: TraceStep | None = None  # what the last end_step wrote, for the rules
 
     def add_to_collection(self, collection: str, tensor: str, reductions: Iterable[str] = (),
                           save_raw: bool = True, save_interval: int = 1) -> None:
@@ -180,6 +193,7 @@ class TraceWriter:
             array = array.astype(np.float32)
         if array.size == 0:
             return
+        self._tensors[name] = array
         record = frame_record(_event(name, array, step, mode, mode_step, time.time()))
         self._index.append({"tensorname": name, "start_idx": len(self._records),
                             "length": len(record)})
@@ -189,6 +203,8 @@ class TraceWriter:
         if self._step is None:
             return
         (step, mode, mode_step), self._step = self._step, None
+        self.last_step = TraceStep(step, mode, mode_step, time.time(), self._tensors)
+        self._tensors = {}
         if not self._index:
             return
         events = f"events/{step:012d}/{step:012d}_{self.worker}.tfevents"
@@ -216,3 +232,75 @@ def _write_atomic(path: Path, data: bytes) -> None:
     temporary = path.with_name(path.name + ".tmp")  # the reader skips *.tmp
     temporary.write_bytes(data)
     os.replace(temporary, path)
+
+
+# ---- reading back (what `dogbreed.rules` evaluates offline) -----------------------------
+
+def read_trace(out_dir: str | Path) -> list[TraceStep]:
+    """Every saved step of a trace, in global-step order (one worker's, as written here)."""
+    out_dir = Path(out_dir)
+    if not (out_dir / "index").is_dir():
+        raise FileNotFoundError(f"{out_dir} holds no smdebug trace (no index/ folder)")
+    steps = []
+    for index_file in sorted((out_dir / "index").glob("*/*.json")):
+        index = json.loads(index_file.read_text())
+        meta = index["meta"]
+        data = (out_dir / meta["event_file_name"]).read_bytes()
+        tensors, wall_time = {}, 0.0
+        for entry in index["tensor_payload"]:
+            record = data[entry["start_idx"]:entry["start_idx"] + entry["length"]]
+            name, array, wall_time = _decode_event(record[12:-4])
+            tensors[name] = array
+        step = int(index_file.stem.split("_")[0])
+        steps.append(TraceStep(step, meta["mode"], int(meta["mode_step"]), wall_time, tensors))
+    return sorted(steps, key=lambda s: s.step)
+
+
+_NUMPY_DTYPES = {code: dtype for dtype, code in _DTYPES.items()}
+
+
+def _fields(message: bytes):
+    """(field number, value) pairs of a protobuf message: ints, doubles or bytes."""
+    position = 0
+    while position < len(message):
+        key, position = _read_varint(message, position)
+        field, wire = key >> 3, key & 7
+        if wire == 0:
+            value, position = _read_varint(message, position)
+        elif wire == 1:
+            value, position = struct.unpack_from("<d", message, position)[0], position + 8
+        elif wire == 2:
+            size, position = _read_varint(message, position)
+            value, position = message[position:position + size], position + size
+        elif wire == 5:
+            value, position = message[position:position + 4], position + 4
+        else:
+            raise ValueError(f"unsupported protobuf wire type {wire}")
+        yield field, value
+
+
+def _read_varint(data: bytes, position: int) -> tuple[int, int]:
+    number, shift = 0, 0
+    while True:
+        byte = data[position]
+        position += 1
+        number |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return number, position
+        shift += 7
+
+
+def _decode_event(event: bytes) -> tuple[str, np.ndarray, float]:
+    wall_time, name, array = 0.0, "", np.zeros(0)
+    for field, value in _fields(event):
+        if field == 1:
+            wall_time = value
+        elif field == 5:
+            summary_value = dict(_fields(dict(_fields(value))[1]))
+            name = summary_value[1].decode()
+            tensor = dict(_fields(summary_value[8]))
+            shape = [dict(_fields(dim)).get(1, 0) for f, dim in _fields(tensor.get(2, b""))
+                     if f == 2]
+            dtype = _NUMPY_DTYPES[tensor[1]].newbyteorder("<")
+            array = np.frombuffer(tensor.get(4, b""), dtype=dtype).reshape(shape)
+    return name, array, wall_time

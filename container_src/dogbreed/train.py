@@ -37,9 +37,11 @@ from dogbreed.job import JobConfigError, JobEnvironment, JobPaths, job_paths, \
 from dogbreed.loop import EpochSums, Precision, evaluate, reduce_epoch_sums, train_one_epoch
 from dogbreed.model import (ARCHITECTURE, PretrainedWeightsError, build_model,
                             parameter_groups)
+from dogbreed.profiler import build_profiler
 from dogbreed.transforms import eval_preprocessing, eval_transform, train_transform
 
 EXIT_FAILED = 1
+RULES_FILE = "rules.json"  # the debugger rules' statuses, in output/data/
 EXIT_INTERRUPTED = 128 + signal.SIGTERM
 SKIPPED_PATHS_SHOWN = 3
 # The user's mistakes: reported as one line, without a traceback.
@@ -62,7 +64,11 @@ def extra_callbacks(hp: Hyperparameters, env: JobEnvironment,
     debugging = debugger_config(hp, env.paths.base / "input" / "config",
                                 env.paths.output_data / "debug")
     if debugging is not None:
-        callbacks.append(DebuggerHook(debugging))
+        callbacks.append(DebuggerHook(debugging, env.paths.output_data / RULES_FILE,
+                                      env.paths.failure_file))
+    profiling = build_profiler(hp, env.paths.output_data / "profiler")
+    if profiling is not None:
+        callbacks.append(profiling)
     return callbacks
 
 
@@ -137,6 +143,7 @@ def run_job(env: JobEnvironment, hp: Hyperparameters, context: DistContext) -> i
     sums = progress["sums"]
     sampler: EpochSampler = train_loader.sampler
     stopped_early = early_stop.get("stopped_early")
+    stopped_by_callback = False  # a debugger rule's stop action: the job ends as failed
 
     def stop_now() -> bool:
         return any(agreed_stop(stop_signal, state, context))
@@ -153,7 +160,7 @@ def run_job(env: JobEnvironment, hp: Hyperparameters, context: DistContext) -> i
             raise TrainingInterrupted(f"SIGTERM during epoch {state.epoch} after step "
                                       f"{sums.step}; checkpoint saved, a restarted job resumes")
         if callback_stop:
-            stopped_early = _stop_reason(state)
+            stopped_early, stopped_by_callback = _stop_reason(state), True
             _log(f"stopping early during epoch {state.epoch}: {stopped_early}", context)
             break
         epoch_metrics = reduce_epoch_sums(sums, context).metrics()
@@ -170,7 +177,7 @@ def run_job(env: JobEnvironment, hp: Hyperparameters, context: DistContext) -> i
         sums = EpochSums()
         sigterm, callback_stop = agreed_stop(stop_signal, state, context)
         if callback_stop:
-            stopped_early = _stop_reason(state)
+            stopped_early, stopped_by_callback = _stop_reason(state), True
         elif hp.patience and early_stop["bad_epochs"] >= hp.patience:
             stopped_early = (f"valid_loss did not improve for {hp.patience} epoch(s) "
                              f"(best {early_stop['best_valid_loss']:.4f} at epoch "
@@ -186,8 +193,9 @@ def run_job(env: JobEnvironment, hp: Hyperparameters, context: DistContext) -> i
 
     if context.is_main:
         finish(env, hp, channels, model, preprocessing, precision, context, state,
-               early_stop, progress["resumed_from"], stopped_early, num_workers)
-    return 0
+               early_stop, progress["resumed_from"], stopped_early, num_workers,
+               failure=stopped_early if stopped_by_callback else None)
+    return EXIT_FAILED if stopped_by_callback else 0
 
 
 def agreed_stop(stop_signal: "_StopSignal", state: TrainState,
@@ -357,8 +365,11 @@ def _update_early_stop(early_stop: dict, epoch: int, valid_loss: float,
 def finish(env: JobEnvironment, hp: Hyperparameters, channels: dict[str, Channel],
            model: torch.nn.Module, preprocessing: dict, precision: Precision,
            context: DistContext, state: TrainState, early_stop: dict,
-           resumed_from: dict | None, stopped_early: str | None, num_workers: int) -> None:
-    """Best epoch's weights -> test metrics -> model/ artifact -> output/success."""
+           resumed_from: dict | None, stopped_early: str | None, num_workers: int,
+           failure: str | None = None) -> None:
+    """Best epoch's weights -> test metrics -> model/ artifact -> output/success (or
+    output/failure with `failure`, the reason a rule stopped the job: the model of the
+    best epoch so far is still written)."""
     if early_stop["best_epoch"] == 0:
         if stopped_early:
             raise TrainingDiverged(f"stopped before any epoch gave a finite valid_loss: "
@@ -393,7 +404,10 @@ def finish(env: JobEnvironment, hp: Hyperparameters, channels: dict[str, Channel
                                     for name, channel in channels.items()},
                   "images": {name: len(channel.samples) for name, channel in channels.items()},
                   "loader_workers": num_workers})
-    write_success(env.paths, {"best_epoch": early_stop["best_epoch"], "metrics": final})
+    if failure:
+        write_failure(env.paths, f"stopped early: {failure}")
+    else:
+        write_success(env.paths, {"best_epoch": early_stop["best_epoch"], "metrics": final})
     _log(f"model written to {env.paths.model} (best epoch {early_stop['best_epoch']})", context)
 
 

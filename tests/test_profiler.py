@@ -1,0 +1,314 @@
+"""The profiler: a real training job's trace, step timeline and system series, and each
+profiler rule made to fire and not to fire on synthetic series (small patience)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from conftest import FAST_HYPERPARAMETERS, channels_of, run_job
+from dogbreed.hyperparameters import parse_hyperparameters
+from dogbreed.profiler import build_profiler
+from dogbreed.system_metrics import Nvml
+from dogbreed.profiler_rules import (DEFAULT_PARAMETERS, RULE_NAMES, evaluate_profiler_rules,
+                                     rule_log_line)
+
+INTERVAL_MS = 200
+STEPS_PER_EPOCH = 8  # 120 sample images in batches of 16
+
+
+# ---- a real job ----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def profiled_job(sample_data, tmp_path_factory):
+    base = tmp_path_factory.mktemp("profiled")
+    hyperparameters = dict(FAST_HYPERPARAMETERS, epochs=1, debugger="off",
+                           **{"profiler-start-step": 3, "profiler-num-steps": 2,
+                              "profiler-interval-ms": INTERVAL_MS})
+    result = run_job(base, hyperparameters, channels_of(sample_data))
+    assert result.returncode == 0, result.stdout + result.stderr
+    return base / "output" / "data" / "profiler", result
+
+
+def test_the_window_writes_a_perfetto_trace_and_top_operators(profiled_job):
+    folder, result = profiled_job
+    events = json.loads((folder / "torch_trace.json").read_text())["traceEvents"]
+    names = {event.get("name") for event in events}
+    assert "aten::conv2d" in names
+    # Two steps profiled (the warm-up step before them is not recorded).
+    assert len({name for name in names if str(name).startswith("ProfilerStep#")}) == 2
+    operators = json.loads((folder / "top_operators.json").read_text())
+    assert 0 < len(operators) <= 20
+    assert set(operators[0]) == {"name", "calls", "self_cpu_ms", "cpu_total_ms",
+                                 "self_device_ms"}
+    assert any("conv" in row["name"] for row in operators[:5]), operators[:5]
+    assert "trace of global steps 3-4 written" in result.stdout
+
+
+def test_every_step_is_on_the_timeline(profiled_job):
+    folder, _ = profiled_job
+    steps = [json.loads(line) for line in (folder / "steps.jsonl").read_text().splitlines()]
+    assert [step["global_step"] for step in steps] == list(range(1, STEPS_PER_EPOCH + 1))
+    assert [step["step"] for step in steps] == list(range(1, STEPS_PER_EPOCH + 1))
+    assert {step["mode"] for step in steps} == {"TRAIN"} and {s["epoch"] for s in steps} == {1}
+    for before, after in zip(steps, steps[1:]):
+        assert before["data_seconds"] >= 0 and before["compute_seconds"] > 0
+        # A step starts waiting for data once the previous one ended.
+        ended = before["start"] + before["data_seconds"] + before["compute_seconds"]
+        assert ended <= after["start"] + 0.05
+
+
+def test_system_samples_cover_the_whole_training(profiled_job):
+    folder, _ = profiled_job
+    samples = [json.loads(line) for line in (folder / "system.jsonl").read_text().splitlines()]
+    steps = [json.loads(line) for line in (folder / "steps.jsonl").read_text().splitlines()]
+    interval = INTERVAL_MS / 1000
+    first_start = steps[0]["start"]
+    last_end = steps[-1]["start"] + steps[-1]["data_seconds"] + steps[-1]["compute_seconds"]
+    assert samples[0]["time"] <= first_start + interval + 0.5
+    assert samples[-1]["time"] >= last_end  # the last sample is taken after validation
+    times = [sample["time"] for sample in samples]
+    assert max(b - a for a, b in zip(times, times[1:])) < interval + 1.0
+    assert len(samples[0]["cpu_percent"]) >= 1
+    assert samples[0]["gpus"] == [] or set(samples[0]["gpus"][0]) == {
+        "index", "utilization_percent", "memory_percent"}
+    assert set(samples[0]) == {"time", "cpu_percent", "memory_percent", "iowait_percent",
+                               "disk_read_bytes_per_s", "disk_write_bytes_per_s",
+                               "net_recv_bytes_per_s", "net_sent_bytes_per_s", "gpus"}
+    # The training kept at least one core busy.
+    assert max(max(sample["cpu_percent"]) for sample in samples) > 50
+
+
+def test_the_job_logs_and_saves_every_profiler_rule(profiled_job):
+    folder, result = profiled_job
+    saved = json.loads((folder / "profiler_rules.json").read_text())["rules"]
+    assert [rule["rule"] for rule in saved] == list(RULE_NAMES)
+    lines = [line for line in result.stdout.splitlines() if line.startswith("ProfilerRule ")]
+    assert lines == [rule_log_line(rule) for rule in saved]
+    # A CPU job of 8 steps: nothing to judge, and the evidence says why.
+    assert {rule["status"] for rule in saved} == {"NoIssuesFound"}
+    by_name = {rule["rule"]: rule for rule in saved}
+    assert by_name["LowGPUUtilization"]["evidence"] == "no GPU in this job"
+    assert "too few to judge" in by_name["StepOutlier"]["evidence"]
+
+
+def test_profiler_off_builds_no_hook(tmp_path):
+    assert build_profiler(parse_hyperparameters({"profiler": "off"}), tmp_path) is None
+    assert build_profiler(parse_hyperparameters({}), tmp_path) is not None
+
+
+def test_a_failing_job_keeps_what_was_recorded(tmp_path):
+    """The loop raises: on_train_end never runs, yet the steps and samples reach disk."""
+    script = textwrap.dedent(f"""
+        import time, torch
+        from pathlib import Path
+        from dogbreed.callbacks import StepResult, TrainState
+        from dogbreed.profiler import ProfilerHook
+        model = torch.nn.Linear(2, 2)
+        state = TrainState(model=model, optimizer=torch.optim.SGD(model.parameters(), 0.1),
+                           epochs=1)
+        hook = ProfilerHook(Path({str(tmp_path)!r}), 0.05, 5, 0)
+        hook.on_train_begin(state)
+        for step in range(1, 4):
+            state.global_step = step
+            zero = torch.zeros(())
+            hook.on_step_end(state, StepResult(1, step, 10, zero, zero, zero, 1, 0.01, 0.02))
+            time.sleep(0.1)
+        raise RuntimeError("the loader broke")
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert "the loader broke" in result.stderr
+    steps = (tmp_path / "steps.jsonl").read_text().splitlines()
+    assert [json.loads(line)["global_step"] for line in steps] == [1, 2, 3]
+    assert len((tmp_path / "system.jsonl").read_text().splitlines()) >= 3
+
+
+def test_gpu_samples_come_from_nvml_as_read_through_ctypes():
+    """No GPU here: a stand-in for libnvidia-ml answers the calls the sampler makes."""
+    class FakeNvml:
+        def nvmlDeviceGetCount_v2(self, count):
+            count._obj.value = 2
+            return 0
+
+        def nvmlDeviceGetHandleByIndex_v2(self, index, handle):
+            handle._obj.value = 100 + index
+            return 0
+
+        def nvmlDeviceGetUtilizationRates(self, handle, rates):
+            rates._obj.gpu, rates._obj.memory = (87, 40) if handle.value == 100 else (5, 1)
+            return 0
+
+        def nvmlDeviceGetMemoryInfo(self, handle, memory):
+            memory._obj.total, memory._obj.used = 80 * 2**30, 20 * 2**30
+            return 0 if handle.value == 100 else 999  # the second device stops answering
+
+    assert Nvml(FakeNvml()).sample() == [
+        {"index": 0, "utilization_percent": 87.0, "memory_percent": 25.0}]
+    nvml = Nvml.open()
+    if nvml is None:  # no NVIDIA driver here
+        return
+    assert [gpu["index"] for gpu in nvml.sample()] == list(range(len(nvml.handles)))
+
+
+# ---- the rules on synthetic series ---------------------------------------------------------
+
+def write_system(folder: Path, samples: list[dict]) -> None:
+    lines = []
+    for index, sample in enumerate(samples):
+        gpus = [{"index": i, "utilization_percent": util, "memory_percent": mem}
+                for i, (util, mem) in enumerate(sample.get("gpus", []))]
+        lines.append(json.dumps({
+            "time": 1000.0 + index * 0.5, "cpu_percent": sample.get("cpu", [20.0, 20.0]),
+            "memory_percent": 30.0, "iowait_percent": sample.get("iowait", 0.0),
+            "disk_read_bytes_per_s": 0.0, "disk_write_bytes_per_s": 0.0,
+            "net_recv_bytes_per_s": 0.0, "net_sent_bytes_per_s": 0.0, "gpus": gpus}))
+    (folder / "system.jsonl").write_text("\n".join(lines) + "\n")
+
+
+def write_steps(folder: Path, durations: list[tuple[float, float]]) -> None:
+    lines, start = [], 1000.0
+    for index, (data, compute) in enumerate(durations):
+        lines.append(json.dumps({"mode": "TRAIN", "epoch": 1, "step": index + 1,
+                                 "global_step": index + 1, "start": start,
+                                 "data_seconds": data, "compute_seconds": compute}))
+        start += data + compute
+    (folder / "steps.jsonl").write_text("\n".join(lines) + "\n")
+
+
+SHORT = {"patience": 10, "window": 10}
+
+
+def rule(folder: Path, name: str, **parameters) -> dict:
+    results = evaluate_profiler_rules(folder, {name: parameters})
+    return next(result for result in results if result["rule"] == name)
+
+
+@pytest.mark.parametrize("series, status", [
+    ([(20.0, 50.0)] * 30, "IssuesFound"),  # under-used
+    ([(100.0, 50.0), (0.0, 50.0)] * 15, "IssuesFound"),  # fluctuating
+    ([(95.0, 50.0)] * 30, "NoIssuesFound"),
+])
+def test_low_gpu_utilization(tmp_path, series, status):
+    write_system(tmp_path, [{"gpus": [gpu]} for gpu in series])
+    result = rule(tmp_path, "LowGPUUtilization", **SHORT)
+    assert result["status"] == status, result
+    assert result["datapoints"] == 30 and "GPU 0: p95 utilisation" in result["evidence"]
+
+
+@pytest.mark.parametrize("cpu, gpu_util, status", [
+    ([95.0, 20.0], 2.0, "IssuesFound"),  # one core saturated while the GPU idles
+    ([60.0, 60.0], 2.0, "NoIssuesFound"),  # the GPU idles, but not for the CPU
+    ([95.0, 95.0], 90.0, "NoIssuesFound"),  # busy CPU, busy GPU
+])
+def test_cpu_bottleneck(tmp_path, cpu, gpu_util, status):
+    write_system(tmp_path, [{"cpu": cpu, "gpus": [(gpu_util, 40.0)]}] * 30)
+    result = rule(tmp_path, "CPUBottleneck", patience=10)
+    assert result["status"] == status, result
+    assert result["datapoints"] == 30
+
+
+def test_io_bottleneck_from_iowait(tmp_path):
+    write_system(tmp_path, [{"iowait": 80.0, "gpus": [(1.0, 40.0)]}] * 30)
+    write_steps(tmp_path, [(0.01, 0.2)] * 30)
+    assert rule(tmp_path, "IOBottleneck", patience=10)["status"] == "IssuesFound"
+    write_system(tmp_path, [{"iowait": 5.0, "gpus": [(1.0, 40.0)]}] * 30)
+    assert rule(tmp_path, "IOBottleneck", patience=10)["status"] == "NoIssuesFound"
+
+
+def test_io_bottleneck_from_data_loader_wait_even_without_gpu(tmp_path):
+    write_system(tmp_path, [{}] * 30)
+    write_steps(tmp_path, [(0.8, 0.2)] * 30)  # 80 % of each step waiting for data
+    fired = rule(tmp_path, "IOBottleneck", patience=10)
+    assert fired["status"] == "IssuesFound"
+    assert "30 of 30 steps (100 %) waited for the data loader" in fired["evidence"]
+    write_steps(tmp_path, [(0.8, 0.2)] * 5 + [(0.05, 0.5)] * 25)  # only epoch starts wait
+    assert rule(tmp_path, "IOBottleneck", patience=10)["status"] == "NoIssuesFound"
+
+
+@pytest.mark.parametrize("gpu, status", [
+    ((30.0, 20.0), "IssuesFound"),  # everything idle: a bigger batch would fit
+    ((95.0, 20.0), "NoIssuesFound"),  # the GPU is busy
+    ((30.0, 85.0), "NoIssuesFound"),  # its memory is full
+])
+def test_batch_size(tmp_path, gpu, status):
+    write_system(tmp_path, [{"cpu": [20.0, 30.0], "gpus": [gpu]}] * 30)
+    assert rule(tmp_path, "BatchSize", **SHORT)["status"] == status
+
+
+@pytest.mark.parametrize("slow_steps, status", [(12, "IssuesFound"), (3, "NoIssuesFound")])
+def test_step_outlier(tmp_path, slow_steps, status):
+    durations = [(0.1, 0.9)] * 150
+    for index in range(slow_steps):
+        durations[10 + index * 11] = (0.1, 9.9)
+    write_steps(tmp_path, durations)
+    result = rule(tmp_path, "StepOutlier")  # AWS defaults: > 100 steps, > 10 outliers
+    assert result["status"] == status, result
+    assert f"{slow_steps} of 150 steps took longer" in result["evidence"]
+    assert result["datapoints"] == 150
+
+
+@pytest.mark.parametrize("memory, status", [
+    ([20.0] * 20 + [60.0] * 20, "IssuesFound"),  # a jump of 40 points
+    # AWS's overlapping windows differ by about a fifth of a jump: +20 stays under 5.
+    ([20.0] * 20 + [40.0] * 20, "NoIssuesFound"),
+    ([30.0, 31.0] * 20, "NoIssuesFound"),
+])
+def test_gpu_memory_increase(tmp_path, memory, status):
+    write_system(tmp_path, [{"gpus": [(90.0, value)]} for value in memory])
+    assert rule(tmp_path, "GPUMemoryIncrease", **SHORT)["status"] == status
+
+
+def test_gpu_rules_on_a_cpu_job_say_there_is_no_gpu(tmp_path):
+    write_system(tmp_path, [{}] * 2000)
+    for result in evaluate_profiler_rules(tmp_path):
+        if result["rule"] in ("LowGPUUtilization", "BatchSize", "GPUMemoryIncrease",
+                              "CPUBottleneck"):
+            assert result["status"] == "NoIssuesFound"
+            assert result["evidence"].startswith("no GPU in this job"), result
+
+
+def test_aws_defaults_need_more_than_patience_samples(tmp_path):
+    write_system(tmp_path, [{"gpus": [(5.0, 10.0)]}] * 1000)  # idle, but not > 1000 samples
+    result = rule(tmp_path, "LowGPUUtilization")
+    assert result["status"] == "NoIssuesFound" and "too few to judge" in result["evidence"]
+    assert result["parameters"] == DEFAULT_PARAMETERS["LowGPUUtilization"]
+    write_system(tmp_path, [{"gpus": [(5.0, 10.0)]}] * 1001)
+    assert rule(tmp_path, "LowGPUUtilization")["status"] == "IssuesFound"
+
+
+def test_a_malformed_line_is_an_error_for_the_rules_that_read_it(tmp_path):
+    write_system(tmp_path, [{"gpus": [(95.0, 30.0)]}] * 30)
+    write_steps(tmp_path, [(0.1, 0.9)] * 30)
+    lines = (tmp_path / "system.jsonl").read_text().splitlines()
+    lines[4] = lines[4][:40]
+    (tmp_path / "system.jsonl").write_text("\n".join(lines) + "\n")
+    results = {r["rule"]: r for r in evaluate_profiler_rules(tmp_path, {"StepOutlier": {}})}
+    assert results["LowGPUUtilization"]["status"] == "Error"
+    assert "system.jsonl line 5 is not JSON" in results["LowGPUUtilization"]["evidence"]
+    assert results["StepOutlier"]["status"] == "NoIssuesFound"  # steps.jsonl is fine
+
+
+def test_a_line_cut_off_by_a_killed_job_is_skipped(tmp_path):
+    write_system(tmp_path, [{"gpus": [(20.0, 30.0)]}] * 30)
+    with open(tmp_path / "system.jsonl", "a") as file:
+        file.write('{"time": 1015.0, "cpu_per')
+    result = rule(tmp_path, "LowGPUUtilization", **SHORT)
+    assert result["status"] == "IssuesFound" and result["datapoints"] == 30
+
+
+def test_unknown_rule_parameters_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="LowGPUUtilization has no parameter"):
+        evaluate_profiler_rules(tmp_path, {"LowGPUUtilization": {"treshold_p95": 50}})
+    with pytest.raises(ValueError, match="unknown profiler rule 'LowGPU'"):
+        evaluate_profiler_rules(tmp_path, {"LowGPU": {}})
+
+
+def test_rule_log_line_is_one_line():
+    line = rule_log_line({"rule": "StepOutlier", "status": "IssuesFound",
+                          "evidence": "12 of 150 steps took longer"})
+    assert line == "ProfilerRule StepOutlier: IssuesFound - 12 of 150 steps took longer"
