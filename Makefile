@@ -8,7 +8,7 @@ VENV := .venv
 VENV_PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv java demo test unit-test local-mode-test benchmark build push test-base prune-images clean
+.PHONY: venv system-packages demo test unit-test local-mode-test benchmark build push test-base prune-images clean
 
 venv: $(STAMP)
 
@@ -24,12 +24,16 @@ $(STAMP): requirements/model.txt requirements/train.txt requirements/serve.txt r
 demo: venv
 	$(VENV_PYTHON) -m launcher.demo
 
-# multi-model-server (the serving tests) runs on Java 17.
-java:
-	@command -v java >/dev/null || { \
+# multi-model-server (the serving tests) runs on Java 17; the report test screenshots the
+# HTML report in headless Chromium. Debian packages, installed when missing (as root).
+SYSTEM_PACKAGES := java:default-jre-headless chromium:chromium
+system-packages:
+	@missing=""; for pair in $(SYSTEM_PACKAGES); do \
+		command -v $${pair%%:*} >/dev/null || missing="$$missing $${pair#*:}"; done; \
+	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-			apt-get update -qq && apt-get install -y -qq default-jre-headless >/dev/null; \
-		else echo "error: Java 17 is needed: sudo apt-get install default-jre-headless" >&2; exit 1; fi; }
+			apt-get update -qq && apt-get install -y -qq $$missing >/dev/null; \
+		else echo "error: needed:$$missing (sudo apt-get install$$missing)" >&2; exit 1; fi; fi
 
 # Unit and process-backend tests, then the images under SageMaker local mode. Without a
 # Docker engine the local-mode part is skipped with a loud warning, except in CI.
@@ -38,7 +42,7 @@ test: unit-test
 	elif [ "$${CI:-}" = true ]; then echo "error: CI must run the local-mode tests" >&2; exit 1; \
 	else echo; echo "!!! WARNING: no Docker engine: the local-mode tests did NOT run !!!"; echo; fi
 
-unit-test: venv java
+unit-test: venv system-packages
 	$(VENV_PYTHON) -m pytest
 
 # The images built from a registry-free Debian base, then driven by the SageMaker SDK.
@@ -49,7 +53,7 @@ local-mode-test: venv
 	BASE_IMAGE=dogbreed-test-base:bookworm IMAGENET_WEIGHTS=skip TAG=test bash docker/build.sh
 	$(VENV_PYTHON) -m pytest local_mode_tests
 
-benchmark: venv java
+benchmark: venv system-packages
 	$(VENV_PYTHON) benchmarks/train_throughput.py
 	$(VENV_PYTHON) benchmarks/serve_latency.py
 	$(VENV_PYTHON) benchmarks/tune_overhead.py

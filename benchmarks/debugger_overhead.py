@@ -12,6 +12,8 @@ steps in between but a modulo), shown as a share of the step. Medians over round
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -22,13 +24,17 @@ from torchvision.models import resnet50
 
 from dogbreed.callbacks import StepResult, TrainState
 from dogbreed.debugger import DebuggerHook
-from dogbreed.debugger_config import DebuggerConfig, collection_config
+from dogbreed.debugger_config import DebuggerConfig, collection_config, debugger_config
+from dogbreed.hyperparameters import DEBUGGER_COLLECTIONS, Hyperparameters
+from dogbreed.rule_specs import RULE_NAMES
 
 CONFIGS = {"default (losses,metrics)": ["losses", "metrics"], "weights": ["weights"],
            "gradients": ["gradients"], "relu_input": ["relu_input"],
            "outputs,labels": ["outputs", "labels"],
            "all": ["losses", "metrics", "weights", "biases", "gradients", "relu_input",
-                   "outputs", "labels"]}
+                   "outputs", "labels"],
+           # the rules' probes too (percentiles, active fractions, update norms, zeros)
+           "all + the 11 rules": "rules"}
 
 
 def main() -> None:
@@ -67,10 +73,14 @@ def main() -> None:
           f"{torch.get_num_threads()} threads: {step * 1000:.0f} ms (median of {args.rounds})")
     print(f"{'collections':<26} {'saved step':>11} {'per step at interval ' + str(args.interval):>24}"
           f" {'share of step':>14}")
-    for label, names in CONFIGS.items():
-        folder = Path(tempfile.mkdtemp(prefix="debugger_overhead_"))
-        hook = DebuggerHook(DebuggerConfig(folder, {n: collection_config(n, 1) for n in names}))
-        state = TrainState(model=model, optimizer=optimizer, epochs=1)
+    for index, (label, names) in enumerate(CONFIGS.items()):
+        # Not mkdtemp: its random part can hold "__", which smdebug's reader garbles.
+        folder = Path(tempfile.gettempdir()) / f"debugger-overhead-{os.getpid()}-{index}"
+        hook = DebuggerHook(config_of(names, folder), folder / "rules.json", folder / "failure",
+                            log=lambda *args, **kwargs: None)
+        # Past the first 10 steps, which PoorWeightInitialization also saves (with gradient
+        # percentiles, about 0.5 s a step more): the steady state.
+        state = TrainState(model=model, optimizer=optimizer, epochs=1, global_step=100)
         hook.on_train_begin(state)
         timings = []
         for _ in range(args.rounds):
@@ -80,10 +90,20 @@ def main() -> None:
             hook.on_step_end(state, result)
             timings.append(time.perf_counter() - started)
         hook.on_train_end(state)
+        shutil.rmtree(folder, ignore_errors=True)
         saved = statistics.median(timings)
         per_step = saved / args.interval
         print(f"{label:<26} {saved * 1000:>9.1f} ms {per_step * 1000:>21.2f} ms "
               f"{per_step / step:>13.2%}")
+
+
+def config_of(names, folder: Path) -> DebuggerConfig:
+    """Every collection saved on every step (the cost of a saved step)."""
+    if names != "rules":
+        return DebuggerConfig(folder, {n: collection_config(n, 1) for n in names})
+    hp = Hyperparameters(debugger_collections=",".join(DEBUGGER_COLLECTIONS),
+                         debugger_save_interval=1, rules=",".join(RULE_NAMES))
+    return debugger_config(hp, folder / "no-config", folder)
 
 
 if __name__ == "__main__":

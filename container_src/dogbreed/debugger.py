@@ -55,6 +55,8 @@ class DebuggerHook(Callback):
         self._capture = False
         self._previous_weights: dict[str, torch.Tensor] = {}  # for WeightUpdateRatio
         self._watchdog: StallWatchdog | None = None
+        self._mode_step = 0
+        self._percentiles: tuple[str, np.ndarray] | None = None  # p05 and p95 of one tensor
 
     # ---- the loop's events -------------------------------------------------------------
 
@@ -77,6 +79,7 @@ class DebuggerHook(Callback):
         if self.writer is None:
             return
         mode_step = state.global_step - 1  # 0-based, as smdebug counts
+        self._mode_step = mode_step
         if self._watchdog is not None:
             self._watchdog.beat()
         self._capture = self._keeps_relu(state.global_step)  # for the step that comes next
@@ -174,16 +177,21 @@ class DebuggerHook(Callback):
             self.writer.write(reduction_name(name, reduction, absolute),
                               reduce(floats, reduction, absolute))
         for probe in config.probes:
-            value = self._probe(probe, name, tensor, floats, trained)
+            value = self._probe(probe, name, tensor, floats, trained, config)
             if value is not None:
                 self.writer.write(probe_name(probe, name), value)
 
     def _probe(self, probe: str, name: str, tensor: torch.Tensor, floats: np.ndarray,
-               trained: bool) -> np.ndarray | None:
+               trained: bool, config) -> np.ndarray | None:
         """The values a rule needs beyond smdebug's reductions (see dogbreed.rules)."""
         if probe in ("p05", "p95"):
-            return np.asarray(np.percentile(floats, 5 if probe == "p05" else 95),
-                              dtype=np.float32)
+            # PoorWeightInitialization's, for its first steps only: percentiles of a
+            # ResNet50's gradients cost about half a second.
+            if self._mode_step >= config.first_steps:
+                return None
+            if self._percentiles is None or self._percentiles[0] != name:
+                self._percentiles = (name, np.percentile(floats, [5, 95]).astype(np.float32))
+            return self._percentiles[1][0 if probe == "p05" else 1]
         if probe == "zero_fraction":
             return np.asarray(np.count_nonzero(floats == 0) / max(floats.size, 1),
                               dtype=np.float32)

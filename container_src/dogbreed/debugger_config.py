@@ -67,7 +67,8 @@ def debugger_config(hp: Hyperparameters, config_dir: Path,
     if file.is_file():
         out_dir, from_file = _read_hook_config(file, hp.debugger_save_interval)
         collections.update(from_file)
-    rules = dict(entry.split(":") for entry in filter(None, hp.rules.split(",")))
+    rules = {name: action or "log" for name, _, action in
+             (entry.partition(":") for entry in filter(None, hp.rules.split(",")))}
     overrides = parse_rule_parameters(hp.rule_parameters)
     for rule in rules:
         _add_rule_needs(collections, rule, overrides.get(rule, {}), hp.debugger_save_interval)
