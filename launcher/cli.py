@@ -117,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     report = command("report", "Build a training job's report (HTML with plots).")
     report.add_argument("--job", help="job name (default: the last `train` job)")
     report.add_argument("--model", help="its model/ folder or model.tar.gz (local or s3://)")
+    report.add_argument("--output", help="its output data: the job's folder, output/data, or "
+                        "output.tar.gz (local or s3://); with --job or after `train` it is "
+                        "found by itself")
     report.add_argument("--out", help="HTML file (default: WORKDIR/reports/JOB.html)")
 
     cleanup = command("cleanup", "Stop and delete the endpoints that deploy created (SageMaker:"

@@ -476,33 +476,70 @@ def predict(args, config: Config, workdir: Path) -> int:
 # ---- report -----------------------------------------------------------------------------
 
 def report(args, config: Config, workdir: Path) -> int:
-    from launcher.report import build_report
+    """The job's HTML report from its model and its output data (trace, rules, profiler),
+    wherever the job left them: a local job folder, or S3 for a SageMaker job."""
+    from launcher.report import build_report, output_data_of
     last = load_state(workdir).get("last_training") or {}
-    if args.model:
-        source, job = args.model, args.job or _label_of(args.model)
+    if args.model or args.output:
+        model, output = args.model, args.output
+        job = args.job or _label_of(args.model or args.output)
     elif args.job:
-        source, job = _artifact_of_job(args, config, workdir, args.job), args.job
+        (model, output), job = _sources_of_job(args, config, workdir, args.job), args.job
     else:
-        source, job = last.get("artifact"), last.get("job")
-    if not source:
-        raise LauncherError("no model to report on: pass --model or --job, or run `train` first")
+        job = last.get("job")
+        model, output = last.get("artifact"), None
+        if job and last.get("backend") == "sagemaker":
+            output = _output_of_artifact(model)
+        elif job and (workdir / "jobs" / job).is_dir():
+            output = str(workdir / "jobs" / job)
+    if not (model or output):
+        raise LauncherError("no job to report on: pass --job, --model or --output, or run "
+                            "`train` first")
     out = Path(args.out) if args.out else workdir / "reports" / f"{job}.html"
     if out.is_dir():
         raise LauncherError(f"--out {out} is a folder; give the HTML file's name")
     scratch = workdir / "reports" / job
     shutil.rmtree(scratch, ignore_errors=True)  # no file of an earlier report mixes in
-    if source.startswith("s3://"):
-        from launcher import sagemaker_sdk
-        bucket, _, key = source.removeprefix("s3://").partition("/")
-        scratch.mkdir(parents=True, exist_ok=True)
-        local = scratch / "model.tar.gz"
-        print(f"fetching {source}")
-        sagemaker_sdk.aws_session(config).client("s3").download_file(bucket, key, str(local))
-        source = str(local)
-    model_dir = endpoints.model_dir_of(Path(source), scratch / "model")
-    build_report(model_dir, out, job)
+    model_dir = None
+    if model:
+        model_dir = endpoints.model_dir_of(Path(_fetched(config, model, scratch)),
+                                           scratch / "model")
+    output_data = None
+    if output:
+        try:
+            output_data = output_data_of(Path(_fetched(config, output, scratch)), scratch)
+        except LauncherError as error:  # e.g. a job from before the output data existed
+            if model_dir is None:
+                raise
+            print(f"warning: {error}; the report shows the model alone", file=sys.stderr)
+    build_report(model_dir, out, job, output_data=output_data)
     print(f"report written to {out} (open it in a browser)")
     return 0
+
+
+def _fetched(config: Config, source: str, scratch: Path) -> str:
+    """A local path for `source`: itself, or the S3 object downloaded into `scratch`."""
+    if not source.startswith("s3://"):
+        return source
+    from launcher import sagemaker_sdk
+    bucket, _, key = source.removeprefix("s3://").partition("/")
+    scratch.mkdir(parents=True, exist_ok=True)
+    local = scratch / key.rsplit("/", 1)[-1]
+    print(f"fetching {source}")
+    try:
+        sagemaker_sdk.aws_session(config).client("s3").download_file(bucket, key, str(local))
+    except Exception as error:
+        if "404" in str(error) or "Not Found" in str(error):
+            raise LauncherError(f"{source} does not exist") from None
+        raise
+    return str(local)
+
+
+def _output_of_artifact(artifact: str | None) -> str | None:
+    """SageMaker puts output.tar.gz next to model.tar.gz (JOB/output/)."""
+    if artifact and artifact.endswith("/model.tar.gz"):
+        return artifact.removesuffix("model.tar.gz") + "output.tar.gz"
+    return None
 
 
 def _label_of(model: str) -> str:
@@ -512,17 +549,27 @@ def _label_of(model: str) -> str:
     return parts[-1] if parts else "model"
 
 
-def _artifact_of_job(args, config: Config, workdir: Path, job: str) -> str:
+def _sources_of_job(args, config: Config, workdir: Path,
+                    job: str) -> tuple[str | None, str | None]:
+    """(model, output data) of a job by name: from SageMaker, or WORKDIR/jobs/JOB."""
     if args.backend == "sagemaker":
         from launcher import sagemaker_sdk
         session = sagemaker_sdk.sagemaker_session(config, workdir)
         described = session.sagemaker_client.describe_training_job(TrainingJobName=job)
-        return described["ModelArtifacts"]["S3ModelArtifacts"]
+        artifact = described.get("ModelArtifacts", {}).get("S3ModelArtifacts")
+        output = _output_of_artifact(artifact) or (
+            f"{described['OutputDataConfig']['S3OutputPath'].rstrip('/')}/{job}/output/"
+            "output.tar.gz")
+        return artifact, output
     job_dir = workdir / "jobs" / job
-    for candidate in (job_dir / "model", job_dir / "output" / "model.tar.gz"):
-        if candidate.exists():
-            return str(candidate)
-    raise LauncherError(f"no job {job} in {workdir / 'jobs'}")
+    if not job_dir.is_dir():
+        raise LauncherError(f"no job {job} in {workdir / 'jobs'}")
+    model = next((str(candidate) for candidate in (
+        job_dir / "model", job_dir / "output" / "model.tar.gz")
+        if (candidate / "model.json" if candidate.name == "model" else candidate).exists()),
+        None)
+    output_archive = job_dir / "output" / "output.tar.gz"  # local mode
+    return model, str(output_archive if output_archive.exists() else job_dir)
 
 
 # ---- cleanup ----------------------------------------------------------------------------

@@ -47,7 +47,7 @@ def trained(sample_data, tmp_path_factory):
     root = tmp_path_factory.mktemp("fit")
     output = root / "output"
     output.mkdir()
-    log, error = _fit(new_session(root), output, sample_data)
+    log, error = _fit(new_session(root), output, sample_data, rules="ExplodingTensor:stop")
     assert error is None, log[-3000:]
     return output / "model.tar.gz", log
 
@@ -65,6 +65,21 @@ def test_fit_writes_the_artifact_and_learns(trained):
     assert found["test_accuracy"][0] >= 0.5
     assert description["metrics"]["test_accuracy"] == pytest.approx(found["test_accuracy"][0],
                                                                     abs=1e-4)
+
+
+def test_the_job_output_carries_its_trace_rules_profile_and_report(trained):
+    archive, log = trained
+    members = _members(archive.with_name("output.tar.gz"))
+    assert "success" in members
+    assert any(name.startswith("data/debug/events/") for name in members)
+    rules = json.loads(members["data/rules.json"])["rules"]
+    assert [(r["rule"], r["status"]) for r in rules] == [("ExplodingTensor", "NoIssuesFound")]
+    assert "DebuggerRule ExplodingTensor: NoIssuesFound" in log
+    steps = members["data/profiler/steps.jsonl"].decode().splitlines()
+    assert len(steps) == 4 * 8  # 4 epochs of 8 steps
+    assert members["data/profiler/system.jsonl"].count(b"\n") >= 2
+    assert "LowGPUUtilization" in members["data/profiler/profiler_rules.json"].decode()
+    assert b"</html>" in members["data/report.html"]
 
 
 def test_two_instances_train_with_ddp_and_write_one_artifact(sample_data, tmp_path):

@@ -105,3 +105,15 @@ def test_sagemaker_added_hyperparameters_are_ignored():
 def test_hyperparameter_validation_names_the_key(raw, message):
     with pytest.raises(HyperparameterError, match=message):
         parse_hyperparameters(raw)
+
+
+@pytest.mark.parametrize("change, reason", [
+    ({"profiler": "maybe"}, "hyperparameter profiler must be one of on, off"),
+    ({"profiler-interval-ms": "10"}, "profiler-interval-ms must be between 50 and 60000"),
+    ({"profiler-num-steps": "-1"}, "profiler-num-steps must be between 0 and 1000"),
+    ({"profiler-start-step": "soon"}, "profiler-start-step must be a number"),
+])
+def test_bad_profiler_settings_are_refused_with_their_reason(change, reason):
+    with pytest.raises(HyperparameterError, match=reason):
+        parse_hyperparameters(change)
+    assert parse_hyperparameters({"profiler": "false"}).profiler == "off"

@@ -145,8 +145,13 @@ def test_report_is_an_html_page_with_the_plot(flow, project):
     assert flow["report"].returncode == 0, flow["report"].stderr
     page = (project / "runs" / "reports" / "final.html").read_text()
     assert "<h1>Training report: final</h1>" in page
-    assert page.count("data:image/png;base64,") == 1
+    # The model's epochs, and the job's output data: the per-step trace, the profiler.
+    for heading in ("Loss and accuracy", "Rule results", "Step time", "System utilisation"):
+        assert f">{heading}</h2>" in page, heading
+    assert page.count("data:image/png;base64,") >= 4
     assert "valid_accuracy" in page
+    # The job wrote its own report too, with its output.
+    assert (project / "runs" / "jobs" / "final" / "output" / "data" / "report.html").is_file()
 
 
 # ---- bad input: a clear error, exit 1, nothing lost --------------------------------------
@@ -166,6 +171,7 @@ def test_report_is_an_html_page_with_the_plot(flow, project):
     (["predict", "photo.jpg", "--endpoint", "nope"], "no endpoint nope deployed"),
     (["cleanup", "--endpoint", "nope"], "no endpoint nope was deployed"),
     (["report", "--model", "nowhere"], "model nowhere not found"),
+    (["report", "--output", "nowhere"], "output data nowhere not found"),
     (["data", "--synthetic", "--classes", "99"], "classes must be between 2 and 40"),
     (["data", "--zip", "missing.zip"], "zip file missing.zip not found"),
     (["train", "--config", "missing.toml"], "config file missing.toml not found"),

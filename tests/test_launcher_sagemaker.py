@@ -304,22 +304,32 @@ def test_predict_sends_invoke_endpoint(moto, deployed, project):
                                      "(reached max retries: 0)")
 
 
-def test_report_fetches_the_model_from_s3(moto, uploaded, project, trained_model):
+def test_report_fetches_the_model_and_output_from_s3(moto, uploaded, project, trained_model):
     archive = project / "model.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
         for item in trained_model.iterdir():
             tar.add(item, arcname=item.name)
+    # SageMaker's output.tar.gz: output/data's files at its root (trace, profiler).
+    output_archive = project / "output.tar.gz"
+    with tarfile.open(output_archive, "w:gz") as tar:
+        for item in (trained_model.parent / "output" / "data").iterdir():
+            tar.add(item, arcname=item.name)
     # What SageMaker would have written at the end of the job. Not recorded: the recorder
     # interleaves the lines of a multipart upload's parallel parts.
     requests.post(f"{moto.url}/moto-api/recorder/stop-recording").raise_for_status()
-    boto(moto, "s3").upload_file(str(archive), "dogbreed-tests",
-                                 "proj/jobs/dogbreed-train-1/output/model.tar.gz")
+    for local in (archive, output_archive):
+        boto(moto, "s3").upload_file(str(local), "dogbreed-tests",
+                                     f"proj/jobs/dogbreed-train-1/output/{local.name}")
     requests.post(f"{moto.url}/moto-api/recorder/start-recording").raise_for_status()
     result = launcher(moto, project, "report", "--backend", "sagemaker", "--job",
                       "dogbreed-train-1")
     assert result.returncode == 0, result.stderr
+    assert "fetching s3://dogbreed-tests/proj/jobs/dogbreed-train-1/output/output.tar.gz" in \
+        result.stdout
     page = (project / "runs" / "reports" / "dogbreed-train-1.html").read_text()
     assert "data:image/png;base64," in page
+    for heading in ("Loss and accuracy", "Step time", "System utilisation"):
+        assert f">{heading}</h2>" in page, heading
 
 
 def test_cleanup_deletes_what_deploy_created(moto, deployed, project):

@@ -23,7 +23,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from dogbreed import artifact, checkpoint, metrics
+from dogbreed import artifact, checkpoint, metrics, report
 from dogbreed.callbacks import Callback, CallbackList, ProgressLogger, TrainState, describe
 from dogbreed.debugger import DebuggerHook
 from dogbreed.debugger_config import DebuggerConfigError, debugger_config
@@ -73,6 +73,25 @@ def extra_callbacks(hp: Hyperparameters, env: JobEnvironment,
 
 
 def main() -> int:
+    """Runs the job, then (in the top process, after the outcome is written) its report."""
+    code = _train()
+    if not is_torchrun_worker():
+        write_report(job_paths())
+    return code
+
+
+def write_report(paths: JobPaths) -> None:
+    """output/data/report.html; a report that cannot be built must not fail the job."""
+    try:
+        written = report.write_job_report(paths.base)
+        if written is not None:
+            print(f"report written to {written}", flush=True)
+    except Exception as error:  # noqa: BLE001 - the job's outcome is already decided
+        print(f"WARNING no report: {type(error).__name__}: {error}", file=sys.stderr,
+              flush=True)
+
+
+def _train() -> int:
     paths = job_paths()
     context: DistContext | None = None
     try:
