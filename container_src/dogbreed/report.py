@@ -14,7 +14,7 @@ results), how did it learn (loss and accuracy, gradient and weight norms), where
 time go (step time, system utilisation, top operators), and with what settings. A section
 without data says so and how to get it. No network and no JavaScript: the page opens from
 a downloaded folder. Torch-free; matplotlib (Agg, without pyplot's global state) is
-imported only when a plot is drawn.
+imported only when a plot is drawn (the plots are in `dogbreed.report_figures`).
 
 The training program writes `output/data/report.html` at the end of every job
 (`write_job_report`); `python -m dogbreed.report JOB_DIR` and `launcher report` build it
@@ -24,9 +24,7 @@ again offline.
 from __future__ import annotations
 
 import argparse
-import base64
 import html
-import io
 import json
 import math
 import os
@@ -38,20 +36,16 @@ from typing import Any, Callable
 import numpy as np
 
 from dogbreed.profiler_rules import read_jsonl
+from dogbreed.report_figures import (epoch_figure, img_tag, norm_heatmaps_figure,
+                                     norm_lines_figure, norms_of, profiler_window,
+                                     representative, scalar, step_figure, step_time_figure,
+                                     system_figure)
 from dogbreed.smdebug_trace import read_trace
 
 REPORT_FILE = "report.html"
 OUTPUT_DATA_ENTRIES = ("debug", "rules.json", "profiler")
 PROFILER = "profiler"
-NORM = "smdebug/reductions/l2/"
-GRADIENT = "gradient/"
-MAX_LINES = 7  # layers drawn as lines in the norm plots; all of them go in the heatmaps
-DPI = 100
-WIDTH = 13.0  # inches: 1300 px, the page's width
 
-CURVES = (("loss", ("train_loss", "valid_loss")),
-          ("accuracy", ("train_accuracy", "valid_accuracy")),
-          ("throughput (images/s)", ("images_per_sec",)))
 STATUS_CLASS = {"NoIssuesFound": "ok", "IssuesFound": "issue", "Error": "error"}
 RANK = {"IssuesFound": 0, "Error": 1, "NoIssuesFound": 2}  # the rules table's order
 
@@ -201,355 +195,9 @@ def _history_from_trace(trace: list) -> list[dict]:
         for name, key in (("valid_loss", "valid_loss"), ("loss", "valid_loss"),
                           ("valid_accuracy", "valid_accuracy")):
             if key not in row and name in step.tensors:
-                row[key] = _scalar(step.tensors[name])
+                row[key] = scalar(step.tensors[name])
         rows.append(row)
     return rows
-
-
-def _scalar(value) -> float:
-    array = np.asarray(value, dtype=float)
-    return float(array.reshape(-1)[0]) if array.size else math.nan
-
-
-# ---- plots ------------------------------------------------------------------------------
-
-def _figure(height: float, width: float = WIDTH, **subplots):
-    from matplotlib.figure import Figure
-    figure = Figure(figsize=(width, height), dpi=DPI)
-    return figure, figure.subplots(**subplots)
-
-
-def _png(figure) -> bytes:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=DPI)
-    return buffer.getvalue()
-
-
-def _img(png: bytes, alt: str) -> str:
-    encoded = base64.b64encode(png).decode()
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{encoded}">'
-
-
-def _finite(values) -> np.ndarray:
-    array = np.asarray(values, dtype=float)
-    return np.where(np.isfinite(array), array, np.nan)
-
-
-def _log_if_wide(axis, values, title: str) -> str:
-    """A log axis when the values span more than 30x: one diverging epoch or the first
-    steps would flatten all the others."""
-    positive = [v for v in values if isinstance(v, float) and math.isfinite(v) and v > 0]
-    if positive and max(positive) / min(positive) > 30:
-        axis.set_yscale("log")
-        return f"{title} (log scale)"
-    return title
-
-
-def epoch_figure(history: list[dict], best_epoch: int | None) -> bytes | None:
-    panels = [(title, [n for n in names if any(_number(r.get(n)) for r in history)])
-              for title, names in CURVES]
-    panels = [(title, names) for title, names in panels if names]
-    if not panels:
-        return None
-    figure, axes = _figure(3.6, ncols=len(panels), squeeze=False)
-    epochs = [row.get("epoch", i + 1) for i, row in enumerate(history)]
-    for axis, (title, names) in zip(axes[0], panels):
-        values = []
-        for name in names:
-            series = [float(v) if _number(v) else math.nan for v in
-                      (row.get(name) for row in history)]
-            values += series
-            axis.plot(epochs, _finite(series), marker="o", label=name)
-        title = _log_if_wide(axis, values, title) if title == "loss" else title
-        if best_epoch:
-            axis.axvline(best_epoch, color="gray", ls=":", label=f"best epoch {best_epoch}")
-        axis.set(title=title, xlabel="epoch")
-        axis.xaxis.get_major_locator().set_params(integer=True)
-        axis.legend(fontsize=8)
-    figure.tight_layout()
-    return _png(figure)
-
-
-def _number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _epoch_ends(trace: list) -> list[tuple[int, Any]]:
-    """(last saved training step, EVAL step) for each validation that followed training:
-    where the epochs end."""
-    ends, last_train = [], None
-    for step in trace:
-        if step.mode == "TRAIN":
-            last_train = step.mode_step
-        elif step.mode == "EVAL" and last_train is not None:
-            ends.append((last_train, step))
-    return ends
-
-
-STEP_PANELS = (("loss per step", "loss", ("valid_loss", "loss")),
-               ("accuracy per step", "train_accuracy", ("valid_accuracy",)))
-
-
-def step_figure(trace: list) -> bytes | None:
-    """Per saved training step: loss and accuracy, with each epoch's validation."""
-    train = [s for s in trace if s.mode == "TRAIN"]
-    ends = _epoch_ends(trace)
-    panels = []
-    for title, name, valid_names in STEP_PANELS:
-        points = [(s.mode_step, _scalar(s.tensors[name])) for s in train if name in s.tensors]
-        valid = []
-        for x, evaluation in ends:
-            found = next((n for n in valid_names if n in evaluation.tensors), None)
-            if found is not None:
-                valid.append((x, _scalar(evaluation.tensors[found])))
-        if points:
-            panels.append((title, name, points, valid))
-    if not panels:
-        return None
-    figure, axes = _figure(3.4, width=WIDTH if len(panels) > 1 else WIDTH / 2 + 0.5,
-                           ncols=len(panels), squeeze=False)
-    for axis, (title, name, points, valid) in zip(axes[0], panels):
-        xs, ys = zip(*points)
-        axis.plot(xs, _finite(ys), lw=1, marker="." if len(xs) < 60 else None,
-                  label=f"train ({name})")
-        if name == "loss":
-            title = _log_if_wide(axis, list(ys), title)
-        if valid:
-            xs, ys = zip(*valid)
-            axis.plot(xs, _finite(ys), "s--", color="tab:orange", label="valid (epoch end)")
-        for x, _ in ends:
-            axis.axvline(x, color="gray", ls=":", lw=0.8)
-        axis.set(title=title, xlabel="training step (dotted: epoch ends)")
-        axis.legend(fontsize=8)
-    figure.tight_layout()
-    return _png(figure)
-
-
-@dataclass
-class Norms:
-    """l2 norms per parameter (rows) over saved training steps (columns)."""
-    names: list[str]
-    steps: list[int]
-    values: np.ndarray
-
-
-def norms_of(trace: list, gradients: bool) -> Norms | None:
-    train = [s for s in trace if s.mode == "TRAIN"]
-    names: dict[str, None] = {}  # in the order saved: the model's order
-    for step in train:
-        for tensor in step.tensors:
-            if tensor.startswith(NORM):
-                rest = tensor[len(NORM):]
-                if rest.startswith(GRADIENT) == gradients:
-                    names.setdefault(rest.removeprefix(GRADIENT) if gradients else rest)
-    columns = [s for s in train if any(t.startswith(NORM) for t in s.tensors)]
-    if not names or not columns:
-        return None
-    prefix = NORM + (GRADIENT if gradients else "")
-    values = np.array([[_scalar(s.tensors[prefix + n]) if prefix + n in s.tensors else np.nan
-                        for s in columns] for n in names], dtype=float)
-    return Norms(list(names), [s.mode_step for s in columns], values)
-
-
-def representative(names: list[str], limit: int = MAX_LINES) -> list[int]:
-    """A few layers that stand for the network: the first weight of each top-level block
-    (for ResNet50: conv1, layer1..layer4, fc), else evenly spaced weights."""
-    weights = [i for i, n in enumerate(names) if n.endswith("weight") and
-               not any(part in n for part in ("bn", "norm", "downsample.1"))] \
-        or list(range(len(names)))
-    firsts: dict[str, int] = {}
-    for i in weights:
-        firsts.setdefault(names[i].split(".")[0], i)
-    chosen = list(firsts.values())
-    if len(chosen) < 3 or len(chosen) > limit:
-        chosen = weights
-    if len(chosen) > limit:
-        chosen = [chosen[round(k * (len(chosen) - 1) / (limit - 1))] for k in range(limit)]
-    return chosen
-
-
-def norm_lines_figure(weights: Norms | None, gradients: Norms | None) -> bytes:
-    panels = [(n, title) for n, title in ((weights, "weight l2 norm"),
-                                          (gradients, "gradient l2 norm")) if n]
-    figure, axes = _figure(3.6, ncols=len(panels), squeeze=False)
-    for axis, (norms, title) in zip(axes[0], panels):
-        for i in representative(norms.names):
-            axis.plot(norms.steps, _finite(norms.values[i]), lw=1.2,
-                      marker="." if len(norms.steps) < 60 else None, label=norms.names[i])
-        if (np.nan_to_num(_finite(norms.values)) > 0).any():
-            axis.set_yscale("log")  # norms span decades across layers
-        axis.set(title=f"{title} (representative layers, log scale)", xlabel="training step")
-        axis.legend(fontsize=7, loc="best")
-    figure.tight_layout()
-    return _png(figure)
-
-
-def norm_heatmaps_figure(weights: Norms | None, gradients: Norms | None) -> bytes:
-    """Every layer: log10 of the gradient norm, and how far each weight has moved from its
-    first saved value (%): which layers learn, and where gradients vanish or explode."""
-    panels = []
-    if gradients:
-        with np.errstate(divide="ignore", invalid="ignore"):
-            panels.append((gradients, np.log10(_finite(gradients.values)),
-                           "log10 gradient l2 norm", "viridis", None))
-    if weights:
-        with np.errstate(divide="ignore", invalid="ignore"):
-            change = 100 * (_finite(weights.values) / _finite(weights.values[:, :1]) - 1)
-        change = np.where(np.isfinite(change), change, np.nan)
-        limit = np.nanpercentile(np.abs(change), 99) if np.isfinite(change).any() else 1.0
-        panels.append((weights, change, "weight l2 norm change since first saved step (%)",
-                       "RdBu_r", max(float(limit), 1e-6)))
-    rows = max(len(p[0].names) for p in panels)
-    figure, axes = _figure(min(max(3.5, 0.03 * rows + 1.5), 6.5), ncols=len(panels),
-                           squeeze=False)
-    for axis, (norms, values, title, cmap, limit) in zip(axes[0], panels):
-        import matplotlib
-        colours = matplotlib.colormaps[cmap].with_extremes(bad="black")
-        steps = norms.steps
-        half = (steps[1] - steps[0]) / 2 if len(steps) > 1 else 0.5
-        image = axis.imshow(np.ma.masked_invalid(values), aspect="auto", cmap=colours,
-                            interpolation="nearest", vmin=-limit if limit else None,
-                            vmax=limit, extent=(steps[0] - half, steps[-1] + half,
-                                                len(norms.names) - 0.5, -0.5))
-        ticks = _group_ticks(norms.names)
-        for _, first, _ in _groups(norms.names)[1:]:
-            axis.axhline(first - 0.5, color="white", lw=0.6)
-        axis.set_yticks([i for i, _ in ticks], [label for _, label in ticks], fontsize=8)
-        axis.set(title=title, xlabel="training step",
-                 ylabel=f"{len(norms.names)} parameters, model order")
-        figure.colorbar(image, ax=axis, fraction=0.04, pad=0.02)
-    figure.tight_layout()
-    return _png(figure)
-
-
-def _groups(names: list[str]) -> list[tuple[str, int, int]]:
-    """Top-level blocks (conv1, bn1, layer1, ..., fc) as (name, first row, row count)."""
-    groups: list[tuple[str, int, int]] = []
-    for i, name in enumerate(names):
-        group = name.split(".")[0] if "." in name else name
-        if groups and groups[-1][0] == group:
-            groups[-1] = (group, groups[-1][1], groups[-1][2] + 1)
-        else:
-            groups.append((group, i, 1))
-    return groups
-
-
-def _group_ticks(names: list[str]) -> list[tuple[float, str]]:
-    """A label at the middle of each block's rows, the biggest blocks first where two
-    would overlap; evenly spaced names for a flat model."""
-    groups = _groups(names)
-    if len(groups) < 3 or len(groups) > 40:
-        stride = max(1, len(names) // 15)
-        return [(i, names[i]) for i in range(0, len(names), stride)]
-    gap = len(names) / 30
-    ticks: list[tuple[float, str]] = []
-    for group, first, count in sorted(groups, key=lambda g: -g[2]):
-        middle = first + (count - 1) / 2
-        if all(abs(middle - other) >= gap for other, _ in ticks):
-            ticks.append((middle, group))
-    return sorted(ticks)
-
-
-def _window(hyperparameters: dict) -> tuple[int, int] | None:
-    """The torch.profiler window in global steps, from the job's hyperparameters."""
-    try:
-        count = int(hyperparameters.get("profiler-num-steps", 0))
-        start = max(int(hyperparameters.get("profiler-start-step", 5)), 1)
-    except (TypeError, ValueError):
-        return None
-    return (start, start + count - 1) if count > 0 else None
-
-
-def step_time_figure(steps: list[dict], window: tuple[int, int] | None) -> tuple[bytes, str]:
-    """Data-loader wait and compute per training step, stacked; outliers clipped so the
-    typical step stays readable (said in the caption)."""
-    x = np.array([s["global_step"] for s in steps], dtype=float)
-    data = 1000 * np.array([s["data_seconds"] for s in steps], dtype=float)
-    compute = 1000 * np.array([s["compute_seconds"] for s in steps], dtype=float)
-    total = data + compute
-    figure, axis = _figure(3.6)
-    if len(x) <= 300:
-        axis.bar(x, compute, width=1.0, color="tab:blue", label="compute")
-        axis.bar(x, data, width=1.0, bottom=compute, color="tab:orange",
-                 label="waiting for data")
-    else:
-        axis.fill_between(x, 0, compute, step="mid", color="tab:blue", label="compute")
-        axis.fill_between(x, compute, total, step="mid", color="tab:orange",
-                          label="waiting for data")
-    note = ""
-    ceiling = 1.5 * float(np.percentile(total, 99 if len(total) >= 100 else 90))
-    if total.max() > 2 * ceiling > 0:
-        axis.set_ylim(0, ceiling)
-        clipped = [(int(s), t) for s, t in zip(x, total) if t > ceiling]
-        listed = ", ".join(f"step {s}: {t:.0f} ms" for s, t in clipped[:5])
-        note = (f"{len(clipped)} step(s) above {ceiling:.0f} ms are cut off in the plot "
-                f"({listed}{', ...' if len(clipped) > 5 else ''}).")
-    epochs = [s.get("epoch") for s in steps]
-    for i in range(1, len(steps)):
-        if epochs[i] != epochs[i - 1]:
-            axis.axvline(x[i] - 0.5, color="gray", ls=":", lw=0.8)
-    if window:
-        axis.axvspan(window[0] - 0.5, window[1] + 0.5, color="tab:green", alpha=0.15,
-                     label="torch.profiler window")
-    axis.set(title="step time: compute and data-loader wait (dotted: epoch starts)",
-             xlabel="global training step", ylabel="ms")
-    axis.legend(fontsize=8, loc="upper right")
-    figure.tight_layout()
-    return _png(figure), note
-
-
-def system_figure(system: list[dict], steps: list[dict],
-                  window: tuple[int, int] | None) -> bytes:
-    t0 = system[0]["time"]
-    t = np.array([s["time"] - t0 for s in system])
-    cpu = [np.asarray(s.get("cpu_percent") or [np.nan], dtype=float) for s in system]
-    gpus = sorted({g["index"] for s in system for g in s.get("gpus") or []})
-    rows = 3 + (1 if gpus else 0)
-    figure, axes = _figure(2.3 * rows, nrows=rows, sharex=True)
-    axis = axes[0]
-    axis.fill_between(t, [c.min() for c in cpu], [c.max() for c in cpu], color="tab:blue",
-                      alpha=0.2, label="per-core range (min to max)")
-    axis.plot(t, [c.mean() for c in cpu], color="tab:blue",
-              label=f"mean of {max(len(c) for c in cpu)} core(s)")
-    axis.set(title="CPU utilisation", ylabel="%", ylim=(0, 105))
-    axis = axes[1]
-    axis.plot(t, [s.get("memory_percent", np.nan) for s in system], color="tab:purple",
-              label="memory used")
-    axis.plot(t, [s.get("iowait_percent", np.nan) for s in system], color="tab:red",
-              label="CPU iowait")
-    axis.set(title="memory and I/O wait", ylabel="%", ylim=(0, 105))
-    if gpus:
-        axis = axes[2]
-        for index in gpus:
-            for key, style, what in (("utilization_percent", "-", "utilisation"),
-                                     ("memory_percent", "--", "memory")):
-                series = [next((g.get(key, np.nan) for g in s.get("gpus") or []
-                                if g["index"] == index), np.nan) for s in system]
-                axis.plot(t, series, style, label=f"GPU {index} {what}")
-        axis.set(title="GPU", ylabel="%", ylim=(0, 105))
-    axis = axes[-1]
-    for key, label in (("disk_read_bytes_per_s", "disk read"),
-                       ("disk_write_bytes_per_s", "disk write"),
-                       ("net_recv_bytes_per_s", "network received"),
-                       ("net_sent_bytes_per_s", "network sent")):
-        axis.plot(t, [s.get(key, np.nan) / 1e6 for s in system], label=label)
-    axis.set(title="disk and network", ylabel="MB/s", xlabel="seconds since sampling began")
-    starts = {}
-    for step in steps:
-        starts.setdefault(step.get("epoch"), step.get("start"))
-    span = [(s["start"], s["start"] + s["data_seconds"] + s["compute_seconds"]) for s in steps
-            if window and window[0] <= s["global_step"] <= window[1] and s.get("start")]
-    for axis in axes:
-        for epoch, start in starts.items():
-            if start is not None:
-                axis.axvline(start - t0, color="gray", ls=":", lw=0.8)
-        if span:
-            axis.axvspan(span[0][0] - t0, span[-1][1] - t0, color="tab:green", alpha=0.12,
-                         label="torch.profiler window")
-        axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.005, 1.0))
-    axes[0].set_title("CPU utilisation (dotted: epoch starts)")
-    figure.tight_layout()
-    return _png(figure)
 
 
 # ---- the page ---------------------------------------------------------------------------
@@ -704,7 +352,7 @@ def curves_section(job: JobRecord) -> Section:
     per_epoch = epoch_figure(job.history, job.training.get("best_epoch")) \
         if job.history else None
     if per_epoch:
-        body.append(_img(per_epoch, "loss, accuracy and throughput per epoch"))
+        body.append(img_tag(per_epoch, "loss, accuracy and throughput per epoch"))
         body.append(f'<p class="caption">Per epoch, from {html.escape(job.history_source)}.'
                     "</p>")
     else:
@@ -712,8 +360,8 @@ def curves_section(job: JobRecord) -> Section:
                           "in a debugger trace."))
     per_step = step_figure(job.trace) if job.trace else None
     if per_step:
-        body.append(_img(per_step, "loss and accuracy per saved training step"))
-        losses = [_scalar(s.tensors["loss"]) for s in job.trace
+        body.append(img_tag(per_step, "loss and accuracy per saved training step"))
+        losses = [scalar(s.tensors["loss"]) for s in job.trace
                   if s.mode == "TRAIN" and "loss" in s.tensors]
         bad = [v for v in losses if not math.isfinite(v)]
         warning = (f' <b class="reason">{len(bad)} of {len(losses)} saved losses are not '
@@ -736,9 +384,9 @@ def norms_section(job: JobRecord) -> Section:
         return Section("norms", "Gradient and weight norms",
                        _absent(job, "gradient or weight norms", f"{where}; {HOW_TO['norms']}"))
     count = max(len(n.names) for n in (weights, gradients) if n)
-    body = [_img(norm_lines_figure(weights, gradients),
+    body = [img_tag(norm_lines_figure(weights, gradients),
                  "weight and gradient l2 norms of representative layers"),
-            _img(norm_heatmaps_figure(weights, gradients),
+            img_tag(norm_heatmaps_figure(weights, gradients),
                  "heatmaps of gradient and weight norms for every layer"),
             f'<p class="caption">l2 norms of {count} parameter tensors at '
             f"{len((gradients or weights).steps)} saved training steps. Lines: the first "
@@ -759,7 +407,7 @@ def step_time_section(job: JobRecord) -> Section:
                job.profiler_dir.is_dir() else "no profiler/steps.jsonl")
         return Section("steps", "Step time",
                        _absent(job, f"step timeline ({why})", HOW_TO["profiler"]))
-    png, clipped = step_time_figure(train, _window(job.hyperparameters))
+    png, clipped = step_time_figure(train, profiler_window(job.hyperparameters))
     rows = []
     for mode in sorted({s.get("mode", "TRAIN") for s in job.steps}):
         steps = [s for s in job.steps if s.get("mode", "TRAIN") == mode]
@@ -771,7 +419,7 @@ def step_time_section(job: JobRecord) -> Section:
                      f"{np.median(compute):.1f}", f"{np.median(total):.1f}",
                      f"{np.percentile(total, 95):.1f}", f"{total.max():.1f}",
                      f"{share:.1f} %", f"{total.sum() / 1000:.1f}"])
-    body = [_img(png, "data-loader wait and compute per training step"),
+    body = [img_tag(png, "data-loader wait and compute per training step"),
             f'<p class="caption">{html.escape(clipped)}</p>' if clipped else "",
             _table(["mode", "steps", "median data wait (ms)", "median compute (ms)",
                     "median step (ms)", "p95 step (ms)", "max step (ms)",
@@ -788,7 +436,7 @@ def system_section(job: JobRecord) -> Section:
                job.profiler_dir.is_dir() else "no profiler/system.jsonl")
         return Section("system", "System utilisation",
                        _absent(job, f"system samples ({why})", HOW_TO["profiler"]))
-    png = system_figure(job.system, job.steps, _window(job.hyperparameters))
+    png = system_figure(job.system, job.steps, profiler_window(job.hyperparameters))
     cpu = [float(np.mean(s["cpu_percent"])) for s in job.system if s["cpu_percent"]]
     peak_core = max((max(s["cpu_percent"]) for s in job.system if s["cpu_percent"]),
                     default=0.0)
@@ -804,7 +452,7 @@ def system_section(job: JobRecord) -> Section:
             f"{np.mean([g['utilization_percent'] for g in samples]):.0f} %"
         facts[f"GPU {index} memory peak"] = \
             f"{max(g['memory_percent'] for g in samples):.0f} %"
-    body = [_img(png, "CPU, memory, GPU and I/O over time"), _kv_table(facts, _text)]
+    body = [img_tag(png, "CPU, memory, GPU and I/O over time"), _kv_table(facts, _text)]
     if not gpus:
         body.append('<p class="small">No GPU in this job: the GPU panel is left out.</p>')
     return Section("system", "System utilisation", "\n".join(body))
@@ -820,7 +468,7 @@ def operators_section(job: JobRecord, out: Path) -> Section:
                  f"{op.get('self_cpu_ms', 0):.1f}", f"{op.get('cpu_total_ms', 0):.1f}"] +
                 ([f"{op.get('self_device_ms', 0):.1f}"] if on_gpu else [])
                 for op in job.operators]
-        window = _window(job.hyperparameters)
+        window = profiler_window(job.hyperparameters)
         during = f" during global steps {window[0]}-{window[1]}" if window else ""
         body += [f'<p class="caption">The operators with the most self time{during} '
                  "(torch.profiler window).</p>", _table(header, rows, "numbers")]
