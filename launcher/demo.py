@@ -41,7 +41,12 @@ def main(argv: list[str] | None = None) -> int:
     step(1, ["data", "--synthetic", *common])
     step(2, ["tune", *common, "--seed", "0"])
     best = workdir / "tuning" / "dogbreed-tune" / "best.json"
-    step(3, ["train", *common, "--hyperparameters", str(best)])
+    # The final job shows the debugger, two rules (one able to stop it) and a profiler
+    # window, so its report has every section.
+    step(3, ["train", *common, "--hyperparameters", str(best),
+             "--debugger-collections", "losses,metrics,weights,gradients",
+             "--rule", "ExplodingTensor:stop", "--rule", "LossNotDecreasing",
+             "--profiler-window", "5:3"])
     images = [sorted(folder.glob("*.jpg"))[0] for folder in sorted((data / "test").iterdir())][:3]
     try:
         step(4, ["deploy", *common])

@@ -47,6 +47,7 @@ def test_the_window_writes_a_perfetto_trace_and_top_operators(profiled_job):
     assert set(operators[0]) == {"name", "calls", "self_cpu_ms", "cpu_total_ms",
                                  "self_device_ms"}
     assert any("conv" in row["name"] for row in operators[:5]), operators[:5]
+    assert not [row for row in operators if row["name"].startswith("ProfilerStep")]
     assert "trace of global steps 3-4 written" in result.stdout
 
 

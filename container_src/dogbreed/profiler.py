@@ -168,12 +168,13 @@ class ProfilerHook(Callback):
 def top_operators(averages, on_gpu: bool, count: int = TOP_OPERATORS) -> list[dict]:
     """The `count` operators with the most self CPU time and, on a GPU, those with the most
     self device time (where a GPU job's time goes), most time first; times in ms. The
-    ProfilerStep markers are not operators."""
+    ProfilerStep markers (`ProfilerStep#k`, and the `ProfilerStep*` total) are not
+    operators."""
     rows = [{"name": event.key, "calls": event.count,
              "self_cpu_ms": event.self_cpu_time_total / 1000,
              "cpu_total_ms": event.cpu_time_total / 1000,
              "self_device_ms": getattr(event, "self_device_time_total", 0.0) / 1000}
-            for event in averages if not event.key.startswith("ProfilerStep#")]
+            for event in averages if not event.key.startswith("ProfilerStep")]
     chosen = sorted(rows, key=lambda row: row["self_cpu_ms"], reverse=True)[:count]
     if on_gpu:
         by_device = sorted(rows, key=lambda row: row["self_device_ms"], reverse=True)[:count]

@@ -130,8 +130,8 @@ def step_figure(trace: list) -> bytes | None:
         xs, ys = zip(*points)
         axis.plot(xs, _finite(ys), lw=1, marker="." if len(xs) < 60 else None,
                   label=f"train ({name})")
-        if name == "loss":
-            title = _log_if_wide(axis, list(ys), title)
+        if name == "loss":  # with the validation losses: one diverged epoch widens it too
+            title = _log_if_wide(axis, list(ys) + [v for _, v in valid], title)
         if valid:
             xs, ys = zip(*valid)
             axis.plot(xs, _finite(ys), "s--", color="tab:orange", label="valid (epoch end)")
