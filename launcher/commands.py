@@ -308,6 +308,8 @@ def train(args, config: Config, workdir: Path) -> int:
     name = checked_name(args.name, 63, "training job") if args.name else jobs.job_name()
     print(f"training job {name} on the {args.backend} backend")
     print("  " + " ".join(f"{key}={value}" for key, value in sorted(hyperparameters.items())))
+    # What `report` shows by default, failed or not (`last_training` is the last model).
+    update_state(workdir, last_job={"backend": args.backend, "job": name})
     if args.backend == "sagemaker":
         from launcher import sagemaker_sdk
         session = sagemaker_sdk.sagemaker_session(config, workdir)
@@ -343,7 +345,9 @@ def train(args, config: Config, workdir: Path) -> int:
                                 f"`train --name {name}` with the same settings resumes it")
         outcome = job_outcome(args.backend, job, job_dir, job.wait())
         if outcome.exit_code != 0:
-            raise LauncherError(f"training job {name} failed: {outcome.failure}")
+            raise LauncherError(f"training job {name} failed: {outcome.failure} (its report: "
+                                f"python -m launcher report --backend {args.backend}"
+                                f"{again(args)})")
         artifact = outcome.artifact
     update_state(workdir, last_training={"backend": args.backend, "job": name,
                                          "artifact": artifact})
@@ -479,19 +483,19 @@ def report(args, config: Config, workdir: Path) -> int:
     """The job's HTML report from its model and its output data (trace, rules, profiler),
     wherever the job left them: a local job folder, or S3 for a SageMaker job."""
     from launcher.report import build_report, output_data_of
-    last = load_state(workdir).get("last_training") or {}
+    state = load_state(workdir)
+    last = state.get("last_job") or state.get("last_training") or {}
+    model = output = None
     if args.model or args.output:
         model, output = args.model, args.output
         job = args.job or _label_of(args.model or args.output)
     elif args.job:
-        (model, output), job = _sources_of_job(args, config, workdir, args.job), args.job
-    else:
-        job = last.get("job")
-        model, output = last.get("artifact"), None
-        if job and last.get("backend") == "sagemaker":
-            output = _output_of_artifact(model)
-        elif job and (workdir / "jobs" / job).is_dir():
-            output = str(workdir / "jobs" / job)
+        job = args.job
+        model, output = _sources_of_job(args.backend, config, workdir, job)
+    elif last.get("job"):
+        job = last["job"]
+        model, output = _sources_of_job(last.get("backend", args.backend), config, workdir,
+                                         job)
     if not (model or output):
         raise LauncherError("no job to report on: pass --job, --model or --output, or run "
                             "`train` first")
@@ -549,10 +553,10 @@ def _label_of(model: str) -> str:
     return parts[-1] if parts else "model"
 
 
-def _sources_of_job(args, config: Config, workdir: Path,
+def _sources_of_job(backend: str, config: Config, workdir: Path,
                     job: str) -> tuple[str | None, str | None]:
     """(model, output data) of a job by name: from SageMaker, or WORKDIR/jobs/JOB."""
-    if args.backend == "sagemaker":
+    if backend == "sagemaker":
         from launcher import sagemaker_sdk
         session = sagemaker_sdk.sagemaker_session(config, workdir)
         described = session.sagemaker_client.describe_training_job(TrainingJobName=job)

@@ -154,6 +154,24 @@ def test_report_is_an_html_page_with_the_plot(flow, project):
     assert (project / "runs" / "jobs" / "final" / "output" / "data" / "report.html").is_file()
 
 
+def test_a_job_a_rule_stops_fails_with_the_reason_and_is_reported(flow, project):
+    result = launcher("train", "--name", "exploding", "--set", "lr=10", "--set",
+                      "optimizer=sgd", "--set", "epochs=3", "--rule", "ExplodingTensor:stop",
+                      "--profiler-window", "2:2", cwd=project)
+    assert result.returncode == 1
+    assert "training job exploding failed: stopped" in result.stderr
+    assert "rule ExplodingTensor found an issue" in result.stderr
+    assert "python -m launcher report" in result.stderr  # where to look next
+    report = launcher("report", cwd=project)  # the last job, failed or not
+    assert report.returncode == 0, report.stderr
+    page = (project / "runs" / "reports" / "exploding.html").read_text()
+    assert "Failed" in page and "rule ExplodingTensor found an issue" in page
+    assert ">Top operators</h2>" in page and "aten::" in page
+    # Deploying still means the last model that trained.
+    state = json.loads((project / "runs" / "state.json").read_text())
+    assert state["last_training"]["job"] == "final" and state["last_job"]["job"] == "exploding"
+
+
 # ---- bad input: a clear error, exit 1, nothing lost --------------------------------------
 
 @pytest.mark.parametrize("args, expected", [

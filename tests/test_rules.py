@@ -75,8 +75,8 @@ CASES = [
      steps_with([{"loss": 2.0}, {"loss": 1e30}])),
     ("Overfit", {}, epochs([[2.0, 1.0]], [1.8]), epochs([[2.0, 1.0]], [1.55])),
     ("Overtraining", {"patience_train": 3},
-     steps_with([{"loss": 2.0}, {"loss": 1.95}, {"loss": 1.96}, {"loss": 1.97}]),
-     steps_with([{"loss": 2.0}, {"loss": 1.8}, {"loss": 1.6}, {"loss": 1.4}])),
+     epochs([[2.1, 1.9], [1.95], [1.96], [1.97]], [2.0, 1.8, 1.6, 1.4]),
+     epochs([[2.1, 1.9], [1.8], [1.6], [1.4]], [2.0, 1.8, 1.6, 1.4])),
     ("LossNotDecreasing", {"num_steps": 2},
      steps_with([{"loss": v} for v in (2.0, 1.9, 1.9, 2.0, 1.95, 1.9)]),
      steps_with([{"loss": v} for v in (2.0, 1.9, 1.7, 1.6, 1.4, 1.3)])),
@@ -119,6 +119,76 @@ def test_each_rule_fires_on_its_pattern_and_not_otherwise(rule, overrides, firin
     result, lines = run_rule(rule, overrides, quiet)
     assert result.status == "NoIssuesFound", result
     assert lines == [f"DebuggerRule {rule}: NoIssuesFound - {result.evidence}"]
+
+
+@pytest.mark.parametrize("rule, overrides, firing, quiet, evidence", [
+    ("PoorWeightInitialization", {},  # nearly constant gradients
+     steps_with([{"dogbreed/p05/gradient/fc.weight": -1e-5, "dogbreed/p95/gradient/fc.weight":
+                  1e-5}]),
+     steps_with([{"dogbreed/p05/gradient/fc.weight": -0.01, "dogbreed/p95/gradient/fc.weight":
+                  0.01}]), "5th-95th percentile range"),
+    ("PoorWeightInitialization", {"patience": 3},  # a flat loss in the first steps
+     steps_with([{"loss": v} for v in (2.0, 2.1, 2.05, 2.2)]),
+     steps_with([{"loss": v} for v in (2.0, 2.1, 1.9, 2.2)]), "did not go below"),
+    ("ClassImbalance", {"samples": 100},  # class 1 mostly wrong, in the latest samples
+     classes(np.tile([0, 1], 60), np.tile([0, 0, 0, 0, 0, 0, 0, 1], 15)),  # class 1: 75 %
+     classes(np.tile([0, 1], 60), np.tile([0, 1, 0, 1, 0, 1, 0, 0], 15)),  # class 1: 25 %
+     "mispredicted"),
+    ("Overtraining", {"patience_validation": 2},  # validation stuck, training improving
+     epochs([[2.0], [1.5], [1.0]], [1.0, 0.95, 0.98]),
+     epochs([[2.0], [1.5], [1.0]], [1.0, 0.8, 0.6]), "validation loss did not improve"),
+])
+def test_the_other_branches_of_a_rule(rule, overrides, firing, quiet, evidence):
+    result, _ = run_rule(rule, overrides, firing)
+    assert result.status == "IssuesFound" and evidence in result.evidence, result
+    result, _ = run_rule(rule, overrides, quiet)
+    assert result.status == "NoIssuesFound", result
+
+
+def test_early_mispredictions_do_not_count_forever():
+    """ClassImbalance judges mispredictions over the latest `samples` only."""
+    wrong_first = classes(np.tile([0, 1], 100), np.zeros(200)) + \
+        classes(np.tile([0, 1], 300), np.tile([0, 1], 300))
+    result, _ = run_rule("ClassImbalance", {"samples": 500}, wrong_first)
+    assert result.status == "NoIssuesFound", result
+
+
+def test_a_step_the_fp16_scaler_skipped_is_not_saved(tmp_path):
+    """Its gradients are inf by design; ExplodingTensor must not stop a healthy job."""
+    from dogbreed.callbacks import StepResult, TrainState
+    from dogbreed.debugger import DebuggerHook
+    from dogbreed.debugger_config import DebuggerConfig, collection_config
+    model = torch.nn.Linear(3, 2)
+    model(torch.ones(1, 3)).sum().backward()
+    config = DebuggerConfig(tmp_path / "debug", {"gradients": collection_config("gradients", 1)},
+                            {"ExplodingTensor": "stop"})
+    hook = DebuggerHook(config, tmp_path / "rules.json", tmp_path / "failure",
+                        log=lambda *a, **k: None)
+    state = TrainState(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+                       epochs=1)
+    hook.on_train_begin(state)
+    for skipped in (True, False):
+        model.weight.grad.fill_(float("inf") if skipped else 0.5)
+        state.global_step += 1
+        hook.on_step_end(state, StepResult(1, state.global_step, 2, torch.tensor(1.0),
+                                           torch.zeros(1, 2), torch.zeros(1, dtype=torch.long),
+                                           1, 0.0, 0.0, optimizer_skipped=skipped))
+    hook.on_train_end(state)
+    assert state.stop_reason is None
+    (result,) = json.loads((tmp_path / "rules.json").read_text())["rules"]
+    assert (result["status"], result["steps_checked"]) == ("NoIssuesFound", 1)
+
+
+def test_rules_run_with_the_debugger_off_and_list_parameters_parse(tmp_path):
+    from dogbreed.debugger_config import debugger_config
+    from dogbreed.hyperparameters import parse_hyperparameters
+    hp = parse_hyperparameters({"debugger": "off", "rules": "StalledTrainingRule,AllZero",
+                                "rule-parameters": "AllZero.collection_names=weights,biases,"
+                                                   "StalledTrainingRule.threshold=60"})
+    config = debugger_config(hp, tmp_path, tmp_path / "debug")
+    assert config is not None and set(config.rules) == {"StalledTrainingRule", "AllZero"}
+    assert set(config.collections) == {"weights", "biases"}  # what AllZero watches
+    assert config.rule_parameters["StalledTrainingRule"] == {"threshold": 60.0}
 
 
 def test_a_rule_that_raises_reports_error_and_the_others_go_on():
@@ -175,9 +245,9 @@ def test_an_exploding_learning_rate_fires_and_stops_the_job(sample_data, tmp_pat
 
 
 def test_a_healthy_run_reports_no_issues(sample_data, tmp_path):
+    # The default save interval: the loss rules save the (scalar) loss every step anyway.
     result = run_job(tmp_path, dict(FAST_HYPERPARAMETERS, epochs=3, lr=0.0003,
-                                    rules="ExplodingTensor:stop,LossNotDecreasing:stop",
-                                    **{"debugger-save-interval": 1}),
+                                    rules="ExplodingTensor:stop,LossNotDecreasing:stop"),
                      channels_of(sample_data))
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr
     rules = rules_of(tmp_path)
@@ -246,7 +316,9 @@ def test_a_stalled_job_is_stopped_with_the_reason(sample_data, tmp_path):
     ({"rules": "ExplodingTensors"}, "unknown rule 'ExplodingTensors'"),
     ({"rules": "Overfit:email"}, "rule Overfit has action 'email'"),
     ({"rule-parameters": "Overfit.patients=2"}, "rule Overfit has no parameter 'patients'"),
-    ({"rule-parameters": "Overfit.patience=soon"}, "must be a int, got 'soon'"),
+    ({"rule-parameters": "Overfit.patience=soon"}, "must be a whole number >= 1, got 'soon'"),
+    ({"rule-parameters": "LossNotDecreasing.num_steps=0"}, "must be a whole number >= 1"),
+    ({"rule-parameters": "Overfit.ratio_threshold=nan"}, "must be a finite number >= 0"),
     ({"rule-parameters": "patience=2"}, "must look like Rule.parameter=value"),
 ])
 def test_bad_rule_settings_fail_the_job_before_training(sample_data, tmp_path, hyperparameters,

@@ -49,6 +49,7 @@ class StepResult:
     batch_size: int
     data_seconds: float  # waiting for the loader
     compute_seconds: float  # forward, backward, optimizer step (as the host saw it)
+    optimizer_skipped: bool = False  # fp16's loss scaler found inf/NaN gradients
 
 
 class Callback:

@@ -83,8 +83,11 @@ class DebuggerHook(Callback):
         if self._watchdog is not None:
             self._watchdog.beat()
         self._capture = self._keeps_relu(state.global_step)  # for the step that comes next
+        self._percentiles = None
         saving = self.config.saving(mode_step)
-        if not saving:
+        if not saving or step.optimizer_skipped:
+            # A step fp16's loss scaler skipped changed no weight and left inf gradients
+            # behind: saving it would fire ExplodingTensor on a healthy run.
             self._relu_inputs.clear()
             return
         self.writer.begin_step(self._global(mode_step, state.epoch), "TRAIN", mode_step)
@@ -111,6 +114,8 @@ class DebuggerHook(Callback):
         self._end_step(state)
 
     def on_epoch_end(self, state: TrainState, metrics: dict[str, float]) -> None:
+        if self._watchdog is not None:
+            self._watchdog.beat()  # validation is progress too
         if self.writer is None or not {"losses", "metrics"} & set(self.collections):
             return
         epoch_index = state.epoch - 1
@@ -140,7 +145,7 @@ class DebuggerHook(Callback):
         for result in self.rules.observe(self.writer.last_step):
             if result.action == "stop" and state.stop_reason is None:
                 state.stop_reason = f"rule {result.rule} found an issue {result.evidence}"
-        write_results(list(self.rules.results.values()), self.rules_file)
+        self.rules.write(self.rules_file)
 
     # ---- helpers -----------------------------------------------------------------------
 
@@ -227,14 +232,15 @@ class StallWatchdog:
 
     def stop(self) -> None:
         self._stopped.set()
+        self._thread.join(timeout=5)
 
     def _watch(self) -> None:
         while not self._stopped.wait(min(max(self.threshold / 4, 0.05), 10.0)):
             result = self.rules.observe_time(time.monotonic(), self._last)
             if result is None:
                 continue
-            write_results(list(self.rules.results.values()), self.rules_file)
-            if self.action == "stop":
+            self.rules.write(self.rules_file)
+            if self.action == "stop" and not self._stopped.is_set():
                 self.failure_file.parent.mkdir(parents=True, exist_ok=True)
                 self.failure_file.write_text(f"rule StalledTrainingRule found an issue: "
                                              f"{result.evidence}\n")

@@ -24,6 +24,8 @@ HOOK_CONFIG_FILE = "debughookconfig.json"
 REDUCED = ("weights", "biases", "gradients", "relu_input")
 DEFAULT_REDUCTIONS = ("l2", "mean", "std", "min", "max")
 # smdebug's spellings ("l2_norm", "abs_mean") -> what our writer stores.
+# Rules that average the training loss over windows or epochs: losses saved every step.
+LOSS_RULES = ("LossNotDecreasing", "Overfit", "Overtraining")
 KNOWN_REDUCTIONS = ("min", "max", "mean", "std", "variance", "sum", "prod", "l1", "l2")
 
 
@@ -72,7 +74,7 @@ def debugger_config(hp: Hyperparameters, config_dir: Path,
     overrides = parse_rule_parameters(hp.rule_parameters)
     for rule in rules:
         _add_rule_needs(collections, rule, overrides.get(rule, {}), hp.debugger_save_interval)
-    if not collections:
+    if not collections and not rules:  # StalledTrainingRule reads no collection
         return None
     return DebuggerConfig(Path(out_dir), collections, rules, overrides)
 
@@ -94,6 +96,8 @@ def _add_rule_needs(collections: dict[str, CollectionConfig], rule: str,
         if spec.first_steps else 0
     for name in needs:
         config = collections.get(name) or collection_config(name, interval)
+        if name == "losses" and rule in LOSS_RULES:  # a scalar: every step, for the means
+            config = replace(config, save_interval=1)
         reductions = config.reductions
         if rule == "VanishingGradient" and "abs_mean" not in reductions:
             reductions += ("abs_mean",)

@@ -56,6 +56,10 @@ def train_one_epoch(state: TrainState, loader: DataLoader, criterion: torch.nn.M
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     correct = torch.zeros((), device=device, dtype=torch.float64)
     seen, interrupted = 0, False
+    # fp16 only: a drop of the loss scale marks a step the scaler skipped (one host sync
+    # per step, where the scaler is on at all).
+    scaling = precision.scaler.is_enabled()
+    scale = precision.scaler.get_scale() if scaling else 1.0
     started = waiting_since = time.perf_counter()
     for images, labels in loader:
         step_started = time.perf_counter()
@@ -68,6 +72,10 @@ def train_one_epoch(state: TrainState, loader: DataLoader, criterion: torch.nn.M
         precision.scaler.scale(loss).backward()
         precision.scaler.step(optimizer)
         precision.scaler.update()
+        skipped = False
+        if scaling:
+            scale, previous = precision.scaler.get_scale(), scale
+            skipped = scale < previous
         with torch.no_grad():
             outputs = outputs.detach().float()
             loss_sum += F.cross_entropy(outputs, labels, reduction="sum").double()
@@ -79,7 +87,7 @@ def train_one_epoch(state: TrainState, loader: DataLoader, criterion: torch.nn.M
             epoch=state.epoch, step=sums.step, steps_in_epoch=steps_in_epoch,
             loss=loss.detach(), outputs=outputs, labels=labels, batch_size=labels.numel(),
             data_seconds=step_started - waiting_since,
-            compute_seconds=time.perf_counter() - step_started))
+            compute_seconds=time.perf_counter() - step_started, optimizer_skipped=skipped))
         if sums.step < steps_in_epoch and stop_requested():
             interrupted = True
             break

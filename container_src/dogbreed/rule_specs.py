@@ -9,6 +9,7 @@ the extra per-step values it computes for a rule (`dogbreed/<probe>/<tensor>` in
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
@@ -71,28 +72,49 @@ RULE_NAMES = tuple(SPECS)
 
 
 def parse_rule_parameters(text: str) -> dict[str, dict[str, Any]]:
-    """`Rule.param=value,...` -> {rule: {param: value}}; values typed like the default."""
-    overrides: dict[str, dict[str, Any]] = defaultdict(dict)
+    """`Rule.param=value,...` -> {rule: {param: value}}, typed like the default. A part
+    without `=` continues the value before it, so a list value reads naturally:
+    `AllZero.collection_names=weights,biases,Overfit.patience=2`."""
+    entries: list[str] = []
     for part in filter(None, (p.strip() for p in text.split(","))):
-        target, equals, raw = part.partition("=")
+        if "=" not in part and entries:
+            entries[-1] += f",{part}"
+        else:
+            entries.append(part)
+    overrides: dict[str, dict[str, Any]] = defaultdict(dict)
+    for entry in entries:
+        target, equals, raw = entry.partition("=")
         rule, dot, parameter = target.strip().partition(".")
         if not (equals and dot) or rule not in SPECS:
-            raise ValueError(f"rule parameter {part!r} must look like Rule.parameter=value "
+            raise ValueError(f"rule parameter {entry!r} must look like Rule.parameter=value "
                              f"with a rule among {', '.join(SPECS)}")
         defaults = SPECS[rule].defaults
         if parameter not in defaults:
             raise ValueError(f"rule {rule} has no parameter {parameter!r}; it has "
                              f"{', '.join(defaults)}")
-        default = defaults[parameter]
-        try:
-            if isinstance(default, bool):
-                if raw.strip().lower() not in ("true", "false"):
-                    raise ValueError(raw)
-                value: Any = raw.strip().lower() == "true"
-            else:
-                value = type(default)(float(raw) if isinstance(default, int) else raw)
-        except ValueError:
-            raise ValueError(f"rule parameter {rule}.{parameter} must be a "
-                             f"{type(default).__name__}, got {raw!r}") from None
-        overrides[rule][parameter] = value
+        overrides[rule][parameter] = _typed(rule, parameter, defaults[parameter], raw.strip())
     return dict(overrides)
+
+
+def _typed(rule: str, parameter: str, default: Any, raw: str) -> Any:
+    """Like the default: true/false, a whole number (>= 1; start_step >= 0), a finite
+    number >= 0, or text."""
+    what = f"rule parameter {rule}.{parameter}"
+    if isinstance(default, bool):
+        if raw.lower() not in ("true", "false"):
+            raise ValueError(f"{what} must be true or false, got {raw!r}")
+        return raw.lower() == "true"
+    if isinstance(default, str):
+        return raw
+    try:
+        number = float(raw)
+    except ValueError:
+        number = math.nan
+    if isinstance(default, int):
+        lowest = 0 if parameter == "start_step" else 1
+        if not math.isfinite(number) or number != int(number) or number < lowest:
+            raise ValueError(f"{what} must be a whole number >= {lowest}, got {raw!r}")
+        return int(number)
+    if not math.isfinite(number) or number < 0:
+        raise ValueError(f"{what} must be a finite number >= 0, got {raw!r}")
+    return number

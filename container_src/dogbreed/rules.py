@@ -23,7 +23,8 @@ import argparse
 import json
 import math
 import sys
-from collections import defaultdict
+import threading
+from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from dogbreed.rule_specs import SPECS, parse_rule_parameters
-from dogbreed.smdebug_trace import TraceStep, read_trace
+from dogbreed.smdebug_trace import TraceStep, iter_trace
 
 REDUCTION = "smdebug/reductions/"
 PROBE = "dogbreed/"
@@ -123,28 +124,39 @@ class Overfit(Rule):
 
 
 class Overtraining(Rule):
-    """[R] delta is absolute: the loss must improve on its best by more than delta."""
+    """[R] Judged per epoch: the mean TRAIN loss of the epoch and its validation loss must
+    each improve on their best by more than delta (absolute) within patience_train and
+    patience_validation epochs. (AWS saves every 500 steps; per-step batch losses would
+    make a patience of 5 a matter of noise.)"""
 
     def __init__(self, parameters):
         super().__init__(parameters)
         self.best = {"TRAIN": math.inf, "EVAL": math.inf}
         self.stale = {"TRAIN": 0, "EVAL": 0}
+        self.train_losses: list[float] = []
 
     def check(self, record):
-        value = record.tensors.get("valid_loss" if record.mode == "EVAL" else "loss")
-        if value is None or record.mode not in self.best:
+        if record.mode == "TRAIN" and "loss" in record.tensors:
+            self.train_losses.append(float(record.tensors["loss"]))
+            return None
+        valid = record.tensors.get("valid_loss", record.tensors.get("loss"))
+        if record.mode != "EVAL" or valid is None:
             return None
         self.checked += 1
-        mode, value = record.mode, float(value)
-        if value < self.best[mode] - self.p["delta"]:
-            self.best[mode], self.stale[mode] = value, 0
-        else:
-            self.stale[mode] += 1
-        patience = self.p["patience_train" if mode == "TRAIN" else "patience_validation"]
-        if self.stale[mode] >= patience:
-            which = "training" if mode == "TRAIN" else "validation"
-            return (f"{which} loss did not improve on {self.best[mode]:.4f} by "
-                    f"{self.p['delta']:g} in {self.stale[mode]} saved step(s)")
+        epoch_losses = {"EVAL": float(valid)}
+        if self.train_losses:
+            epoch_losses["TRAIN"] = float(np.mean(self.train_losses))
+            self.train_losses = []
+        for mode, value in epoch_losses.items():
+            if value < self.best[mode] - self.p["delta"]:
+                self.best[mode], self.stale[mode] = value, 0
+            else:
+                self.stale[mode] += 1
+            patience = self.p["patience_train" if mode == "TRAIN" else "patience_validation"]
+            if self.stale[mode] >= patience:
+                which = "training" if mode == "TRAIN" else "validation"
+                return (f"{which} loss did not improve on {self.best[mode]:.4f} by "
+                        f"{self.p['delta']:g} in {self.stale[mode]} epoch(s)")
         return None
 
 
@@ -241,12 +253,16 @@ class DeadRelu(Rule):
 
 
 class ClassImbalance(Rule):
-    """[R] Counts accumulate over all saved steps; only classes seen in the labels count."""
+    """[R] Class counts accumulate over all saved steps (only classes seen count).
+    Mispredictions are judged over the latest `samples` saved predictions and only for
+    classes with at least MIN_CLASS_SAMPLES there: early guesses must not count forever,
+    and two wrong answers out of three say nothing."""
+    MIN_CLASS_SAMPLES = 10
 
     def __init__(self, parameters):
         super().__init__(parameters)
         self.counts: dict[int, int] = defaultdict(int)
-        self.correct: dict[int, int] = defaultdict(int)
+        self.recent: deque[tuple[int, bool]] = deque(maxlen=int(parameters["samples"]))
 
     def check(self, record):
         labels, predictions = record.tensors.get("labels"), record.tensors.get("predictions")
@@ -254,7 +270,7 @@ class ClassImbalance(Rule):
             return None
         for label, prediction in zip(labels.ravel().tolist(), predictions.ravel().tolist()):
             self.counts[label] += 1
-            self.correct[label] += label == prediction
+            self.recent.append((label, label == prediction))
         if sum(self.counts.values()) < self.p["samples"]:
             return None
         self.checked += 1
@@ -263,11 +279,15 @@ class ClassImbalance(Rule):
         if self.counts[most] / self.counts[least] > self.p["threshold_imbalance"]:
             return (f"class {most} has {self.counts[most]} samples, class {least} only "
                     f"{self.counts[least]} (ratio > {self.p['threshold_imbalance']:g})")
-        for label, count in sorted(self.counts.items()):
-            wrong = 1 - self.correct[label] / count
-            if wrong > self.p["threshold_misprediction"]:
-                return (f"class {label} is mispredicted {wrong:.0%} of the time over "
-                        f"{count} samples (> {self.p['threshold_misprediction']:g})")
+        seen: dict[int, list[int]] = defaultdict(lambda: [0, 0])
+        for label, right in self.recent:
+            seen[label][0] += 1
+            seen[label][1] += right
+        for label, (count, right) in sorted(seen.items()):
+            wrong = 1 - right / count
+            if count >= self.MIN_CLASS_SAMPLES and wrong > self.p["threshold_misprediction"]:
+                return (f"class {label} is mispredicted {wrong:.0%} of the time in its last "
+                        f"{count} saved samples (> {self.p['threshold_misprediction']:g})")
         return None
 
     def quiet(self):
@@ -364,6 +384,7 @@ class RuleRunner:
     log: Any = print
 
     def __post_init__(self):
+        self.lock = threading.Lock()  # the stall watchdog's thread reports too
         self.rules: dict[str, Rule] = {}
         self.results: dict[str, RuleResult] = {}
         for name, action in self.actions.items():
@@ -372,6 +393,10 @@ class RuleRunner:
             self.results[name] = RuleResult(name, action, parameters)
 
     def observe(self, record: TraceStep) -> list[RuleResult]:
+        with self.lock:
+            return self._observe(record)
+
+    def _observe(self, record: TraceStep) -> list[RuleResult]:
         fired = []
         for name, rule in self.rules.items():
             result = self.results[name]
@@ -393,6 +418,10 @@ class RuleRunner:
 
     def finish(self) -> list[RuleResult]:
         """Close the rules that are still open (NoIssuesFound), log them, return all."""
+        with self.lock:
+            return self._finish()
+
+    def _finish(self) -> list[RuleResult]:
         for name, result in self.results.items():
             result.steps_checked = self.rules[name].checked
             if result.status == "InProgress":
@@ -400,8 +429,16 @@ class RuleRunner:
                 self.log(result.line(), flush=True)
         return list(self.results.values())
 
+    def write(self, path: Path) -> None:
+        with self.lock:
+            write_results(list(self.results.values()), path)
+
     def observe_time(self, now: float, last_step_time: float) -> RuleResult | None:
         """StalledTrainingRule's watch from the hook's thread."""
+        with self.lock:
+            return self._observe_time(now, last_step_time)
+
+    def _observe_time(self, now: float, last_step_time: float) -> RuleResult | None:
         result = self.results.get("StalledTrainingRule")
         if result is None or result.status != "InProgress":
             return None
@@ -416,9 +453,10 @@ class RuleRunner:
 
 
 def write_results(results: list[RuleResult], path: Path) -> None:
+    """Whole or not at all; each thread its own temporary file (two threads may write)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    document = {"rules": [vars(result) for result in results]}
-    temporary = path.with_name(path.name + ".tmp")
+    document = {"rules": [dict(vars(result)) for result in results]}
+    temporary = path.with_name(f"{path.name}.{threading.get_ident()}.tmp")
     temporary.write_text(json.dumps(document, indent=1))
     temporary.replace(path)
 
@@ -427,7 +465,7 @@ def evaluate_trace(trace_dir: Path, actions: dict[str, str],
                    overrides: dict[str, dict[str, Any]] | None = None,
                    log=print) -> list[RuleResult]:
     runner = RuleRunner(actions, overrides or {}, log)
-    for record in read_trace(trace_dir):
+    for record in iter_trace(trace_dir):
         runner.observe(record)
     return runner.finish()
 

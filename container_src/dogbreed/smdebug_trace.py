@@ -25,7 +25,7 @@ import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -238,10 +238,15 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 def read_trace(out_dir: str | Path) -> list[TraceStep]:
     """Every saved step of a trace, in global-step order (one worker's, as written here)."""
+    return list(iter_trace(out_dir))
+
+
+def iter_trace(out_dir: str | Path) -> Iterator[TraceStep]:
+    """The saved steps one at a time (a trace with raw tensors can outgrow memory)."""
     out_dir = Path(out_dir)
     if not (out_dir / "index").is_dir():
         raise FileNotFoundError(f"{out_dir} holds no smdebug trace (no index/ folder)")
-    steps = []
+    # Zero-padded names: sorting them sorts by global step.
     for index_file in sorted((out_dir / "index").glob("*/*.json")):
         index = json.loads(index_file.read_text())
         meta = index["meta"]
@@ -252,8 +257,7 @@ def read_trace(out_dir: str | Path) -> list[TraceStep]:
             name, array, wall_time = _decode_event(record[12:-4])
             tensors[name] = array
         step = int(index_file.stem.split("_")[0])
-        steps.append(TraceStep(step, meta["mode"], int(meta["mode_step"]), wall_time, tensors))
-    return sorted(steps, key=lambda s: s.step)
+        yield TraceStep(step, meta["mode"], int(meta["mode_step"]), wall_time, tensors)
 
 
 _NUMPY_DTYPES = {code: dtype for dtype, code in _DTYPES.items()}

@@ -11,6 +11,7 @@ flushed as it is written, so a job that is killed keeps what was sampled.
 from __future__ import annotations
 
 import ctypes
+import os
 import json
 import threading
 import time
@@ -29,6 +30,21 @@ class _Memory(ctypes.Structure):
                 ("used", ctypes.c_ulonglong)]
 
 
+def visible_gpus(count: int) -> list[int]:
+    """The GPUs this job may use: NVML sees every GPU of the machine, so an idle
+    neighbour's GPU must not count. CUDA_VISIBLE_DEVICES by index (UUIDs: all GPUs)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        return list(range(count))
+    indexes = []
+    for part in filter(None, (p.strip() for p in visible.split(","))):
+        if not part.isdigit():
+            return list(range(count))
+        if int(part) < count:
+            indexes.append(int(part))
+    return indexes
+
+
 class Nvml:
     """The few NVML calls the sampler needs. `Nvml.open()` is None without a GPU driver."""
 
@@ -37,11 +53,11 @@ class Nvml:
         count = ctypes.c_uint()
         self._check(self.lib.nvmlDeviceGetCount_v2(ctypes.byref(count)), "count devices")
         self.handles = []
-        for index in range(count.value):
+        for index in visible_gpus(count.value):
             handle = ctypes.c_void_p()
             self._check(self.lib.nvmlDeviceGetHandleByIndex_v2(index, ctypes.byref(handle)),
                         f"open device {index}")
-            self.handles.append(handle)
+            self.handles.append((index, handle))
 
     @classmethod
     def open(cls) -> "Nvml | None":
@@ -55,7 +71,7 @@ class Nvml:
 
     def sample(self) -> list[dict]:
         gpus = []
-        for index, handle in enumerate(self.handles):
+        for index, handle in self.handles:
             rates, memory = _Utilization(), _Memory()
             if (self.lib.nvmlDeviceGetUtilizationRates(handle, ctypes.byref(rates)) != 0 or
                     self.lib.nvmlDeviceGetMemoryInfo(handle, ctypes.byref(memory)) != 0):

@@ -64,8 +64,10 @@ def extra_callbacks(hp: Hyperparameters, env: JobEnvironment,
     debugging = debugger_config(hp, env.paths.base / "input" / "config",
                                 env.paths.output_data / "debug")
     if debugging is not None:
+        failure_file = env.paths.output / (f"failure.rank{os.environ['RANK']}"
+                                           if is_torchrun_worker() else "failure")
         callbacks.append(DebuggerHook(debugging, env.paths.output_data / RULES_FILE,
-                                      env.paths.failure_file))
+                                      failure_file))
     profiling = build_profiler(hp, env.paths.output_data / "profiler")
     if profiling is not None:
         callbacks.append(profiling)
@@ -162,53 +164,57 @@ def run_job(env: JobEnvironment, hp: Hyperparameters, context: DistContext) -> i
     sums = progress["sums"]
     sampler: EpochSampler = train_loader.sampler
     stopped_early = early_stop.get("stopped_early")
-    stopped_by_callback = False  # a debugger rule's stop action: the job ends as failed
+    # A debugger rule's stop action: the job ends as failed, also when resumed.
+    stopped_by_callback = bool(early_stop.get("stopped_by_callback"))
 
     def stop_now() -> bool:
         return any(agreed_stop(stop_signal, state, context))
 
-    while state.epoch <= hp.epochs and not stopped_early:
-        sampler.set_epoch(state.epoch, start=sums.step * hp.batch_size)
-        cut_short = train_one_epoch(state, train_loader, criterion, precision, context,
-                                    callbacks, sums, stop_now)
-        sigterm, callback_stop = agreed_stop(stop_signal, state, context) if cut_short \
-            else (False, False)
-        if sigterm:
-            sums = reduce_epoch_sums(sums, context)
+    try:  # the hooks close their files also when training fails or is interrupted
+        while state.epoch <= hp.epochs and not stopped_early:
+            sampler.set_epoch(state.epoch, start=sums.step * hp.batch_size)
+            cut_short = train_one_epoch(state, train_loader, criterion, precision, context,
+                                        callbacks, sums, stop_now)
+            sigterm, callback_stop = agreed_stop(stop_signal, state, context) if cut_short \
+                else (False, False)
+            if sigterm:
+                sums = reduce_epoch_sums(sums, context)
+                save_progress(env.paths, hp, channels, training, state, sums, early_stop, context)
+                raise TrainingInterrupted(f"SIGTERM during epoch {state.epoch} after step "
+                                          f"{sums.step}; checkpoint saved, a restarted job resumes")
+            if callback_stop:
+                stopped_early, stopped_by_callback = _stop_reason(state), True
+                _log(f"stopping early during epoch {state.epoch}: {stopped_early}", context)
+                break
+            epoch_metrics = reduce_epoch_sums(sums, context).metrics()
+            sync_buffers(model, context)
+            valid_loss, valid_accuracy, _ = evaluate(model, valid_loader, precision, context,
+                                                     distributed=True)
+            epoch_metrics.update(valid_loss=valid_loss, valid_accuracy=valid_accuracy)
+            _log(metrics.format_epoch_line(state.epoch, epoch_metrics), context)
+            state.history.append({"epoch": state.epoch, **epoch_metrics})
+            _update_early_stop(early_stop, state.epoch, valid_loss, model, env.paths, context)
+            callbacks.on_epoch_end(state, epoch_metrics)
+            scheduler.step()
+            state.epoch += 1
+            sums = EpochSums()
+            sigterm, callback_stop = agreed_stop(stop_signal, state, context)
+            if callback_stop:
+                stopped_early, stopped_by_callback = _stop_reason(state), True
+            elif hp.patience and early_stop["bad_epochs"] >= hp.patience:
+                stopped_early = (f"valid_loss did not improve for {hp.patience} epoch(s) "
+                                 f"(best {early_stop['best_valid_loss']:.4f} at epoch "
+                                 f"{early_stop['best_epoch']})")
+            early_stop["stopped_early"] = stopped_early  # a resumed job must not train on
+            early_stop["stopped_by_callback"] = stopped_by_callback
             save_progress(env.paths, hp, channels, training, state, sums, early_stop, context)
-            raise TrainingInterrupted(f"SIGTERM during epoch {state.epoch} after step "
-                                      f"{sums.step}; checkpoint saved, a restarted job resumes")
-        if callback_stop:
-            stopped_early, stopped_by_callback = _stop_reason(state), True
-            _log(f"stopping early during epoch {state.epoch}: {stopped_early}", context)
-            break
-        epoch_metrics = reduce_epoch_sums(sums, context).metrics()
-        sync_buffers(model, context)
-        valid_loss, valid_accuracy, _ = evaluate(model, valid_loader, precision, context,
-                                                 distributed=True)
-        epoch_metrics.update(valid_loss=valid_loss, valid_accuracy=valid_accuracy)
-        _log(metrics.format_epoch_line(state.epoch, epoch_metrics), context)
-        state.history.append({"epoch": state.epoch, **epoch_metrics})
-        _update_early_stop(early_stop, state.epoch, valid_loss, model, env.paths, context)
-        callbacks.on_epoch_end(state, epoch_metrics)
-        scheduler.step()
-        state.epoch += 1
-        sums = EpochSums()
-        sigterm, callback_stop = agreed_stop(stop_signal, state, context)
-        if callback_stop:
-            stopped_early, stopped_by_callback = _stop_reason(state), True
-        elif hp.patience and early_stop["bad_epochs"] >= hp.patience:
-            stopped_early = (f"valid_loss did not improve for {hp.patience} epoch(s) "
-                             f"(best {early_stop['best_valid_loss']:.4f} at epoch "
-                             f"{early_stop['best_epoch']})")
-        early_stop["stopped_early"] = stopped_early  # a resumed job must not train on
-        save_progress(env.paths, hp, channels, training, state, sums, early_stop, context)
-        if stopped_early:
-            _log(f"stopping early: {stopped_early}", context)
-        elif sigterm and state.epoch <= hp.epochs:
-            raise TrainingInterrupted(f"SIGTERM after epoch {state.epoch - 1}; checkpoint "
-                                      "saved, a restarted job resumes")
-    callbacks.on_train_end(state)
+            if stopped_early:
+                _log(f"stopping early: {stopped_early}", context)
+            elif sigterm and state.epoch <= hp.epochs:
+                raise TrainingInterrupted(f"SIGTERM after epoch {state.epoch - 1}; checkpoint "
+                                          "saved, a restarted job resumes")
+    finally:
+        callbacks.on_train_end(state)
 
     if context.is_main:
         finish(env, hp, channels, model, preprocessing, precision, context, state,
@@ -424,7 +430,7 @@ def finish(env: JobEnvironment, hp: Hyperparameters, channels: dict[str, Channel
                   "images": {name: len(channel.samples) for name, channel in channels.items()},
                   "loader_workers": num_workers})
     if failure:
-        write_failure(env.paths, f"stopped early: {failure}")
+        _write_failure(env.paths, f"stopped early: {failure}")
     else:
         write_success(env.paths, {"best_epoch": early_stop["best_epoch"], "metrics": final})
     _log(f"model written to {env.paths.model} (best epoch {early_stop['best_epoch']})", context)
