@@ -29,7 +29,8 @@ def add_debugging_options(parser: argparse.ArgumentParser) -> None:
                             "(repeatable)")
     group.add_argument("--rule-parameter", action="append", default=[],
                        metavar="RULE.PARAM=VALUE",
-                       help="override a rule's default, e.g. LossNotDecreasing.num_steps=50 "
+                       help="override a rule's default, debugger or profiler rule, e.g. "
+                            "LossNotDecreasing.num_steps=50 or LowGPUUtilization.patience=100 "
                             "(repeatable)")
     group.add_argument("--no-profiler", action="store_true",
                        help="no system sampling or step timeline")

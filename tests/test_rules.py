@@ -246,10 +246,17 @@ def test_an_exploding_learning_rate_fires_and_stops_the_job(sample_data, tmp_pat
 
 def test_a_healthy_run_reports_no_issues(sample_data, tmp_path):
     # The default save interval: the loss rules save the (scalar) loss every step anyway.
+    # rule-parameters reach the profiler rules too: a patience short enough to judge.
     result = run_job(tmp_path, dict(FAST_HYPERPARAMETERS, epochs=3, lr=0.0003,
-                                    rules="ExplodingTensor:stop,LossNotDecreasing:stop"),
+                                    rules="ExplodingTensor:stop,LossNotDecreasing:stop",
+                                    **{"rule-parameters": "IOBottleneck.patience=2"}),
                      channels_of(sample_data))
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr
+    profiler_rules = {entry["rule"]: entry for entry in json.loads(
+        (tmp_path / "output/data/profiler/profiler_rules.json").read_text())["rules"]}
+    assert profiler_rules["IOBottleneck"]["parameters"]["patience"] == 2
+    assert profiler_rules["IOBottleneck"]["status"] == "NoIssuesFound"
+    assert "too few to judge" not in profiler_rules["IOBottleneck"]["evidence"]
     rules = rules_of(tmp_path)
     assert {name: entry["status"] for name, entry in rules.items()} == {
         "ExplodingTensor": "NoIssuesFound", "LossNotDecreasing": "NoIssuesFound"}
@@ -320,6 +327,7 @@ def test_a_stalled_job_is_stopped_with_the_reason(sample_data, tmp_path):
     ({"rule-parameters": "LossNotDecreasing.num_steps=0"}, "must be a whole number >= 1"),
     ({"rule-parameters": "Overfit.ratio_threshold=nan"}, "must be a finite number >= 0"),
     ({"rule-parameters": "patience=2"}, "must look like Rule.parameter=value"),
+    ({"rule-parameters": "StepOutlier.sigma=2"}, "rule StepOutlier has no parameter 'sigma'"),
 ])
 def test_bad_rule_settings_fail_the_job_before_training(sample_data, tmp_path, hyperparameters,
                                                          message):

@@ -35,6 +35,7 @@ import torch
 from dogbreed.callbacks import Callback, StepResult, TrainState
 from dogbreed.hyperparameters import Hyperparameters
 from dogbreed.profiler_rules import evaluate_profiler_rules, rule_log_line, write_rule_results
+from dogbreed.rule_specs import PROFILER_DEFAULTS, parse_rule_parameters
 from dogbreed.system_metrics import SystemSampler
 
 TOP_OPERATORS = 20
@@ -44,14 +45,18 @@ FLUSH_STEPS = 1000  # and at every epoch end: a long epoch loses little if kille
 def build_profiler(hp: Hyperparameters, out_dir: Path) -> Callback | None:
     if hp.profiler == "off":
         return None
+    overrides = {rule: values for rule, values in
+                 parse_rule_parameters(hp.rule_parameters).items() if rule in PROFILER_DEFAULTS}
     return ProfilerHook(Path(out_dir), hp.profiler_interval_ms / 1000,
-                        hp.profiler_start_step, hp.profiler_num_steps)
+                        hp.profiler_start_step, hp.profiler_num_steps,
+                        rule_parameters=overrides)
 
 
 class ProfilerHook(Callback):
     def __init__(self, out_dir: Path, interval: float, start_step: int, num_steps: int,
-                 log=print):
+                 log=print, rule_parameters: dict | None = None):
         self.out_dir = out_dir
+        self.rule_parameters = rule_parameters or {}  # {rule: {parameter: value}}
         self.interval = interval
         self.start_step = max(start_step, 1)  # global steps count from 1
         self.num_steps = num_steps
@@ -102,7 +107,7 @@ class ProfilerHook(Callback):
             return  # not rank 0
         self._close()
         atexit.unregister(self._close)
-        results = evaluate_profiler_rules(self.out_dir)
+        results = evaluate_profiler_rules(self.out_dir, self.rule_parameters)
         write_rule_results(self.out_dir / "profiler_rules.json", results)
         for result in results:
             self.log(rule_log_line(result), flush=True)

@@ -54,19 +54,10 @@ from typing import Callable
 
 import numpy as np
 
-SCAN = {"scan_interval_us": 60_000_000}
-DEFAULT_PARAMETERS: dict[str, dict] = {
-    "LowGPUUtilization": {"threshold_p95": 70, "threshold_p5": 10, "window": 500,
-                          "patience": 1000, **SCAN},
-    "CPUBottleneck": {"threshold": 50, "gpu_threshold": 10, "cpu_threshold": 90,
-                      "patience": 1000, **SCAN},
-    "IOBottleneck": {"threshold": 50, "gpu_threshold": 10, "io_threshold": 50,
-                     "patience": 1000, "loader_wait_threshold": 50, **SCAN},
-    "BatchSize": {"cpu_threshold_p95": 70, "gpu_threshold_p95": 70,
-                  "gpu_memory_threshold_p95": 70, "patience": 1000, "window": 500, **SCAN},
-    "StepOutlier": {"stddev": 3, "mode": None, "n_outliers": 10, **SCAN},
-    "GPUMemoryIncrease": {"increase": 5, "patience": 1000, "window": 10, **SCAN},
-}
+from dogbreed.rule_specs import PROFILER_DEFAULTS
+
+# AWS's defaults, kept with the debugger rules' (hyperparameters check overrides there).
+DEFAULT_PARAMETERS: dict[str, dict] = PROFILER_DEFAULTS
 RULE_NAMES = tuple(DEFAULT_PARAMETERS)
 STEP_OUTLIER_MIN_STEPS = 100  # hard-coded in AWS's StepOutlier
 NO_GPU = "no GPU in this job"

@@ -15,6 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 RULE_ACTIONS = ("log", "stop")
+# Parameters that count steps, samples or evaluations: whole numbers.
+COUNTS = ("patience", "patience_train", "patience_validation", "num_steps", "steps",
+          "samples", "window", "n_outliers", "start_step", "scan_interval_us")
 
 
 @dataclass(frozen=True)
@@ -70,9 +73,25 @@ SPECS = {spec.name: spec for spec in (
 )}
 RULE_NAMES = tuple(SPECS)
 
+SCAN = {"scan_interval_us": 60_000_000}
+# The profiler rules' defaults (AWS's ProfilerReport; logic in dogbreed.profiler_rules).
+PROFILER_DEFAULTS: dict[str, dict] = {
+    "LowGPUUtilization": {"threshold_p95": 70, "threshold_p5": 10, "window": 500,
+                          "patience": 1000, **SCAN},
+    "CPUBottleneck": {"threshold": 50, "gpu_threshold": 10, "cpu_threshold": 90,
+                      "patience": 1000, **SCAN},
+    "IOBottleneck": {"threshold": 50, "gpu_threshold": 10, "io_threshold": 50,
+                     "patience": 1000, "loader_wait_threshold": 50, **SCAN},
+    "BatchSize": {"cpu_threshold_p95": 70, "gpu_threshold_p95": 70,
+                  "gpu_memory_threshold_p95": 70, "patience": 1000, "window": 500, **SCAN},
+    "StepOutlier": {"stddev": 3, "mode": None, "n_outliers": 10, **SCAN},
+    "GPUMemoryIncrease": {"increase": 5, "patience": 1000, "window": 10, **SCAN},
+}
+
 
 def parse_rule_parameters(text: str) -> dict[str, dict[str, Any]]:
-    """`Rule.param=value,...` -> {rule: {param: value}}, typed like the default. A part
+    """`Rule.param=value,...` -> {rule: {param: value}}, typed like the default, for the
+    debugger rules and the profiler rules alike. A part
     without `=` continues the value before it, so a list value reads naturally:
     `AllZero.collection_names=weights,biases,Overfit.patience=2`."""
     entries: list[str] = []
@@ -85,10 +104,10 @@ def parse_rule_parameters(text: str) -> dict[str, dict[str, Any]]:
     for entry in entries:
         target, equals, raw = entry.partition("=")
         rule, dot, parameter = target.strip().partition(".")
-        if not (equals and dot) or rule not in SPECS:
+        if not (equals and dot) or rule not in SPECS and rule not in PROFILER_DEFAULTS:
             raise ValueError(f"rule parameter {entry!r} must look like Rule.parameter=value "
-                             f"with a rule among {', '.join(SPECS)}")
-        defaults = SPECS[rule].defaults
+                             f"with a rule among {', '.join([*SPECS, *PROFILER_DEFAULTS])}")
+        defaults = SPECS[rule].defaults if rule in SPECS else PROFILER_DEFAULTS[rule]
         if parameter not in defaults:
             raise ValueError(f"rule {rule} has no parameter {parameter!r}; it has "
                              f"{', '.join(defaults)}")
@@ -97,24 +116,24 @@ def parse_rule_parameters(text: str) -> dict[str, dict[str, Any]]:
 
 
 def _typed(rule: str, parameter: str, default: Any, raw: str) -> Any:
-    """Like the default: true/false, a whole number (>= 1; start_step >= 0), a finite
-    number >= 0, or text."""
+    """Like the default: true/false, text, a count (a whole number >= 1; start_step >= 0),
+    or any other number (finite, >= 0)."""
     what = f"rule parameter {rule}.{parameter}"
     if isinstance(default, bool):
         if raw.lower() not in ("true", "false"):
             raise ValueError(f"{what} must be true or false, got {raw!r}")
         return raw.lower() == "true"
-    if isinstance(default, str):
+    if default is None or isinstance(default, str):
         return raw
     try:
         number = float(raw)
     except ValueError:
         number = math.nan
-    if isinstance(default, int):
+    if parameter in COUNTS:
         lowest = 0 if parameter == "start_step" else 1
         if not math.isfinite(number) or number != int(number) or number < lowest:
             raise ValueError(f"{what} must be a whole number >= {lowest}, got {raw!r}")
         return int(number)
     if not math.isfinite(number) or number < 0:
         raise ValueError(f"{what} must be a finite number >= 0, got {raw!r}")
-    return number
+    return int(number) if isinstance(default, int) and number == int(number) else number
