@@ -40,6 +40,9 @@ def test_sigterm_to_two_workers_checkpoints_and_the_restart_completes(sample_dat
                     (tmp_path / "output" / "failure").read_text())
     assert not list((tmp_path / "output").glob("failure.rank*"))
     (tmp_path / "output" / "failure").unlink()
+    # A fresh rendezvous port: a stopping worker of the first run may still hold the old
+    # one, and joining its store hangs the restart (seen once in CI).
+    ddp["DOGBREED_MASTER_PORT"] = str(free_port())
     second = run_job(tmp_path, hyperparameters, channels, **ddp)
     assert_resumed_mid_epoch(tmp_path, first_lines, saved, second)
 
