@@ -142,10 +142,12 @@ class DebuggerHook(Callback):
         self.writer.end_step()
         if self.rules is None or self.writer.last_step is None:
             return
-        for result in self.rules.observe(self.writer.last_step):
+        fired = self.rules.observe(self.writer.last_step)
+        for result in fired:
             if result.action == "stop" and state.stop_reason is None:
                 state.stop_reason = f"rule {result.rule} found an issue {result.evidence}"
-        self.rules.write(self.rules_file)
+        if fired:  # the file changes when a rule fires, and at the end (on_train_end)
+            self.rules.write(self.rules_file)
 
     # ---- helpers -----------------------------------------------------------------------
 

@@ -64,10 +64,8 @@ def extra_callbacks(hp: Hyperparameters, env: JobEnvironment,
     debugging = debugger_config(hp, env.paths.base / "input" / "config",
                                 env.paths.output_data / "debug")
     if debugging is not None:
-        failure_file = env.paths.output / (f"failure.rank{os.environ['RANK']}"
-                                           if is_torchrun_worker() else "failure")
         callbacks.append(DebuggerHook(debugging, env.paths.output_data / RULES_FILE,
-                                      failure_file))
+                                      env.paths.output / _failure_name()))
     profiling = build_profiler(hp, env.paths.output_data / "profiler")
     if profiling is not None:
         callbacks.append(profiling)
@@ -496,12 +494,14 @@ def _fail(paths: JobPaths, reason: str, context: DistContext | None) -> int:
     return EXIT_FAILED
 
 
+def _failure_name() -> str:
+    """This process's failure file: failure.rank<N> under torchrun (the launcher picks)."""
+    return f"failure.rank{os.environ['RANK']}" if is_torchrun_worker() else "failure"
+
+
 def _write_failure(paths: JobPaths, reason: str) -> None:
     """output/failure, or failure.rank<N> under torchrun (the launcher picks the cause)."""
-    if is_torchrun_worker():
-        write_failure(paths, reason, name=f"failure.rank{os.environ['RANK']}")
-    else:
-        write_failure(paths, reason)
+    write_failure(paths, reason, name=_failure_name())
 
 
 def _log(message: str, context: DistContext | None) -> None:
