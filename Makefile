@@ -66,9 +66,10 @@ build: venv
 	bash docker/build.sh
 
 # Create the ECR repositories if missing, log in, tag and push; the URIs go to
-# build/images.json. Account and region from the AWS configuration (TAG, REGION override).
+# build/images.json. Region: aws.region of launcher.toml (or CONFIG), else the AWS
+# configuration; TAG and REGION override. Refuses a pushed OCI manifest (SageMaker does).
 push: venv
-	$(VENV_PYTHON) -m launcher.ecr_push $(if $(TAG),--tag $(TAG)) $(if $(REGION),--region $(REGION))
+	$(VENV_PYTHON) -m launcher.ecr_push $(if $(TAG),--tag $(TAG)) $(if $(REGION),--region $(REGION)) $(if $(CONFIG),--config $(CONFIG))
 
 # A registry-free Debian base for building the images on machines without Docker Hub.
 test-base:

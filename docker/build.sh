@@ -53,10 +53,20 @@ if [ "$IMAGENET_WEIGHTS" != download ] && [ "$IMAGENET_WEIGHTS" != skip ]; then
   weights_mode=copy
 fi
 
+# SageMaker takes Docker v2 manifests only. The legacy builder makes them; BuildKit (buildx,
+# the default of recent engines and Docker Desktop) adds provenance attestations and OCI
+# media types unless told not to, and SageMaker then refuses the pushed image.
+if [ "${DOCKER_BUILDKIT:-1}" != 0 ] && docker buildx version >/dev/null 2>&1; then
+  BUILD=(docker buildx build --provenance=false --sbom=false
+         --output "type=docker,oci-mediatypes=false")
+else
+  BUILD=(docker build)
+fi
+
 build() {  # build IMAGE DOCKERFILE CONTEXT [ARGS...]
   local image=$1 dockerfile=$2 dir=$3; shift 3
   local started=$SECONDS
-  docker build --quiet --platform linux/amd64 -f "$dockerfile" -t "$image:$TAG" -t "$image:latest" "$@" "$dir" >/dev/null
+  "${BUILD[@]}" --quiet --platform linux/amd64 -f "$dockerfile" -t "$image:$TAG" -t "$image:latest" "$@" "$dir" >/dev/null
   echo "built $image:$TAG in $((SECONDS - started)) s, $(docker image inspect -f '{{.Size}}' "$image:$TAG" | awk '{printf "%.2f GB", $1/1e9}')"
 }
 build dogbreed-base docker/base.Dockerfile "$(context base model)" --build-arg "BASE_IMAGE=$BASE_IMAGE"

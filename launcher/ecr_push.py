@@ -5,11 +5,15 @@ Creates the ECR repositories when missing, logs Docker in with an ECR authorizat
 needed), tags `dogbreed-{train,serve}:TAG` with their full ECR URIs and pushes them, then
 writes the pushed URIs to build/images.json, where the launcher reads them.
 
-Account and region come from the standard AWS configuration (profile, environment);
-`--region` and `--account` override. Everything that can be checked is checked before
-anything is pushed: a running Docker engine, the local images, AWS credentials.
+The region is the launcher config's `[aws] region` (jobs run there, and SageMaker pulls
+images only from its own region), else the standard AWS configuration; `--region`
+overrides both. The account comes from the credentials (`--account` checks it).
+Everything that can be checked is checked before anything is pushed: a running Docker
+engine, the local images, AWS credentials. After the push, the manifest's media type is
+checked: SageMaker refuses OCI manifests and indexes (what BuildKit's attestations and the
+containerd image store produce), so only Docker's v2 manifest passes.
 
-    python -m launcher.ecr_push [--tag TAG] [--region REGION] [--account ID]
+    python -m launcher.ecr_push [--tag TAG] [--region REGION] [--account ID] [--config FILE]
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from pathlib import Path
 
 IMAGES = {"train": "dogbreed-train", "serve": "dogbreed-serve"}
 IMAGES_FILE = Path("build/images.json")
+DOCKER_V2_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 
 
 class PushError(RuntimeError):
@@ -101,8 +106,39 @@ def push(tag: str, region: str | None, account: str | None) -> dict[str, str]:
             print(f"pushing {remote}", flush=True)
             if subprocess.run(["docker", "push", remote]).returncode != 0:
                 raise PushError(f"docker push {remote} failed (see above)")
+        check_manifest_media_type(ecr, name, tag)
         pushed[role] = f"{uris[role]}:{tag}"
     return pushed
+
+
+def check_manifest_media_type(ecr, repository: str, tag: str) -> None:
+    """SageMaker's CreateTrainingJob and CreateModel accept Docker v2 manifests only
+    ("Unsupported manifest media type application/vnd.oci.image.index.v1+json")."""
+    details = ecr.describe_images(repositoryName=repository,
+                                  imageIds=[{"imageTag": tag}])["imageDetails"][0]
+    media_type = details.get("imageManifestMediaType", DOCKER_V2_MANIFEST)
+    if media_type != DOCKER_V2_MANIFEST:
+        raise PushError(
+            f"ECR holds {repository}:{tag} as {media_type}, which SageMaker refuses (it takes "
+            f"{DOCKER_V2_MANIFEST} only). Rebuild with `make build` (it passes BuildKit "
+            "--provenance=false --sbom=false --output type=docker,oci-mediatypes=false), or "
+            "turn off Docker's containerd image store, then `make push` again")
+
+
+def push_region(region: str | None, config_file: str | None) -> str | None:
+    """--region, else the launcher config's aws.region (where the jobs run), else None
+    (the AWS configuration's default)."""
+    if region:
+        return region
+    path = Path(config_file or "launcher.toml")
+    if config_file is None and not path.is_file():
+        return None
+    from launcher.config import load_config
+    from launcher.errors import LauncherError
+    try:
+        return load_config(path).aws.region
+    except LauncherError as error:
+        raise PushError(str(error)) from None
 
 
 def _git_commit() -> str:
@@ -117,12 +153,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m launcher.ecr_push", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tag", default=None, help="local image tag (default: the git commit)")
-    parser.add_argument("--region", default=None, help="AWS region (default: AWS config)")
+    parser.add_argument("--region", default=None,
+                        help="AWS region (default: aws.region of --config, else AWS config)")
     parser.add_argument("--account", default=None, help="expected AWS account id (checked)")
+    parser.add_argument("--config", default=None,
+                        help="launcher config whose aws.region the jobs use (default: "
+                             "launcher.toml when present)")
     args = parser.parse_args(argv)
     tag = args.tag or _git_commit() or "latest"
     try:
-        pushed = push(tag, args.region, args.account)
+        pushed = push(tag, push_region(args.region, args.config), args.account)
     except PushError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

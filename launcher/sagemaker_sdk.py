@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import time
 from pathlib import Path
 from typing import Any, Mapping
 
 from launcher.config import Config
+from launcher.docker_network import ensure_local_network
 from launcher.errors import LauncherError
 from launcher.ranges import HyperparameterRange
 
@@ -29,9 +31,9 @@ POLL_SECONDS = float(os.environ.get("LAUNCHER_POLL_SECONDS", "30"))
 
 
 def quiet_sdk(workdir: Path) -> None:
-    """Keep the SDK from phoning home: no telemetry, no metadata service, no v3 banner."""
+    """Keep the SDK from phoning home: no telemetry, no v3 banner. The metadata service
+    stays on here: on EC2 or a SageMaker notebook it is where the credentials come from."""
     os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
-    os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
     # "Fetched defaults config from ..." on every call is noise next to our own lines.
     logging.getLogger("sagemaker.config").setLevel(logging.WARNING)
     if "SAGEMAKER_USER_CONFIG_OVERRIDE" not in os.environ:
@@ -44,6 +46,9 @@ def quiet_sdk(workdir: Path) -> None:
 def local_session(workdir: Path, serving_port: int | None = None):
     """A LocalSession that needs no AWS account (SageMaker local mode on Docker)."""
     quiet_sdk(workdir)
+    # No AWS call is needed, so none may wait for an instance metadata service that is
+    # not there (seconds of timeouts off EC2). Local mode only: see quiet_sdk.
+    os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
     # The SDK builds boto3 clients even in local mode; they need a region and credentials
     # to exist, never to work. Real ones, if the user has them, are left alone.
     os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
@@ -52,6 +57,8 @@ def local_session(workdir: Path, serving_port: int | None = None):
         os.environ["AWS_ACCESS_KEY_ID"] = "local-mode"
         os.environ["AWS_SECRET_ACCESS_KEY"] = "local-mode"
     check_docker()
+    # Compose would create it on first use, racing a parallel trial (see docker_network).
+    ensure_local_network()
     from sagemaker.local import LocalSession
     session = LocalSession()
     root = (workdir / "container_root").resolve()
@@ -102,6 +109,23 @@ def sagemaker_session(config: Config, workdir: Path):
                              default_bucket=config.aws.bucket)
 
 
+ECR_URI = re.compile(r"^\d{12}\.dkr\.ecr(?:-fips)?\.([a-z0-9-]+)\.amazonaws\.com(?:\.cn)?/")
+
+
+def image_uri(config: Config, kind: str, backend: str, session) -> str:
+    """The image for a job or endpoint; on SageMaker it must be in the session's region,
+    since SageMaker pulls from ECR in its own region only (and `make push` may have used
+    another default region than the config)."""
+    uri = config.image(kind, backend)
+    found = ECR_URI.match(uri)
+    if backend == "sagemaker" and found and found.group(1) != session.boto_region_name:
+        raise LauncherError(
+            f"the {kind} image {uri} is in {found.group(1)}, but jobs run in "
+            f"{session.boto_region_name}: push it there (`make push REGION="
+            f"{session.boto_region_name}`), or set aws.region in {config.source}")
+    return uri
+
+
 def short_error(error: Exception) -> str:
     """An AWS error's first line, without an HTML error page a server may have attached."""
     return str(error).splitlines()[0].split(": <", 1)[0]
@@ -134,7 +158,7 @@ def estimator(config: Config, session, backend: str, hyperparameters: Mapping[st
     else:
         options.update(instance_type="local", instance_count=training.instance_count)
     return Estimator(
-        image_uri=config.image("train", backend), role=config.aws.role_arn or
+        image_uri=image_uri(config, "train", backend, session), role=config.aws.role_arn or
         "arn:aws:iam::123456789012:role/LocalMode", output_path=output_path,
         sagemaker_session=session, base_job_name=base_job_name,
         hyperparameters={key: str(value) for key, value in hyperparameters.items()},
@@ -291,7 +315,7 @@ def deploy_endpoint(config: Config, session, backend: str, model_data: str, name
     env = serving_environment(config)
     if backend == "local":
         env[ENDPOINT_VARIABLE] = name
-    model = Model(image_uri=config.image("serve", backend), model_data=model_data,
+    model = Model(image_uri=image_uri(config, "serve", backend, session), model_data=model_data,
                   role=config.aws.role_arn or "arn:aws:iam::123456789012:role/LocalMode",
                   sagemaker_session=session, predictor_cls=Predictor, name=name, env=env)
     instance_type = "local" if backend == "local" else config.serving.instance_type

@@ -21,6 +21,8 @@ SERVE_IMAGE = os.environ.get("LOCAL_MODE_SERVE_IMAGE", "dogbreed-serve:latest")
 INSTANCE_TYPE = os.environ.get("LOCAL_MODE_INSTANCE_TYPE", "local")
 ROLE = "arn:aws:iam::123456789012:role/DogbreedLocalModeTests"
 NOWHERE = "http://127.0.0.1:9"  # the discard port: nothing listens there
+# The top of a launcher config for the local backend: our images, jobs under runs/.
+LAUNCHER_CONFIG = f'workdir = "runs"\n[images]\ntrain = "{TRAIN_IMAGE}"\nserve = "{SERVE_IMAGE}"\n'
 HYPERPARAMETERS = {"epochs": 4, "batch-size": 16, "image-size": 64, "pretrained": "none",
                    "trainable": "all", "lr": 0.001, "patience": 0}
 
@@ -61,9 +63,19 @@ def images_present():
                         "BASE_IMAGE=dogbreed-test-base:bookworm IMAGENET_WEIGHTS=skip)")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def local_network():
+    """The one `sagemaker-local` network, before the first job: CI's Docker engine starts
+    without it, and parallel jobs would each create one (see launcher.docker_network)."""
+    from launcher.docker_network import ensure_local_network
+    ensure_local_network()
+
+
 def new_session(folder: Path):
     """A LocalSession with its own container root and a free serving port."""
+    from launcher.docker_network import ensure_local_network
     from sagemaker.local import LocalSession
+    ensure_local_network()  # a test before may have removed it
     session = LocalSession()
     root = folder / "container_root"
     root.mkdir(exist_ok=True)

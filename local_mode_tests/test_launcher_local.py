@@ -13,16 +13,11 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import SERVE_IMAGE, TRAIN_IMAGE
+from conftest import LAUNCHER_CONFIG, SERVE_IMAGE, TRAIN_IMAGE
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIG = f"""
-workdir = "runs"
-[images]
-train = "{TRAIN_IMAGE}"
-serve = "{SERVE_IMAGE}"
-[data]
-local_dir = "{{data}}"
+CONFIG = LAUNCHER_CONFIG + """[data]
+local_dir = "{data}"
 [training.hyperparameters]
 epochs = 2
 image-size = 48
@@ -35,7 +30,7 @@ strategy = "Random"
 max_jobs = 2
 max_parallel_jobs = 2
 [tuning.ranges]
-lr = {{{{ type = "continuous", min = 0.0005, max = 0.003, scaling = "Logarithmic" }}}}
+lr = {{ type = "continuous", min = 0.0005, max = 0.003, scaling = "Logarithmic" }}
 [serving]
 workers = 1
 """

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from conftest import FAST_HYPERPARAMETERS, channels_of, run_job
-from dogbreed.smdebug_trace import TraceWriter, crc32c, reduce, reduction_name
+from dogbreed.smdebug_trace import TraceWriter, crc32c, iter_trace, reduce, reduction_name
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -111,6 +111,11 @@ def test_smdebug_reads_a_trace_written_by_a_job(sample_data, tmp_path, smdebug_p
                               "relu_input,labels", "debugger-save-interval": 4})
     result = run_job(base, hyperparameters, channels_of(sample_data))
     assert result.returncode == 0, result.stderr
+    # Pre-activation values: the in-place ReLU must not have rectified what was saved.
+    relu_minima = [float(value) for step in iter_trace(base / "output" / "data" / "debug")
+                   for name, value in step.tensors.items()
+                   if name.startswith(reduction_name("", "min")) and "relu_input" in name]
+    assert len(relu_minima) == 49 * 4 and max(relu_minima) < 0
     read = subprocess.run([str(smdebug_python), "-c", READER,
                            str(base / "output" / "data" / "debug")], capture_output=True,
                           text=True, env=dict(os.environ, SMDEBUG_TRAINING_END_DELAY_REFRESH="0"),

@@ -5,19 +5,18 @@ status, best tuning job, endpoint answers) are never what a test asserts on."""
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import subprocess
 import sys
 import tarfile
-import time
+import textwrap
 from pathlib import Path
 
 import pytest
 import requests
 
-from conftest import free_port
+from moto_server import Moto
 from dogbreed.metrics import METRIC_DEFINITIONS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -63,48 +62,6 @@ instance_type = "ml.m5.2xlarge"
 instance_count = 2
 workers = 2
 """
-
-
-class Moto:
-    """`python -m moto.server` on a free port, recording every request it gets."""
-
-    def __init__(self, folder: Path):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.recording = folder / "recording.jsonl"
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-p", str(self.port)],
-            env=dict(os.environ, MOTO_RECORDER_FILEPATH=str(self.recording)),
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                requests.get(f"{self.url}/moto-api/", timeout=1)
-                break
-            except requests.ConnectionError:
-                time.sleep(0.2)
-        requests.post(f"{self.url}/moto-api/recorder/start-recording").raise_for_status()
-
-    def requests(self, target: str | None = None) -> list[dict]:
-        """Recorded requests; for a JSON API, those whose X-Amz-Target ends with target."""
-        found = []
-        for line in self.recording.read_text().splitlines():
-            entry = json.loads(line)
-            body = entry["body"]
-            if entry["body_encoded"]:
-                body = base64.b64decode(body)
-            entry["raw"] = body
-            name = entry["headers"].get("X-Amz-Target", "")
-            if target is None or name.endswith("." + target):
-                if name:
-                    entry["json"] = json.loads(body or "{}")
-                found.append(entry)
-        return found
-
-    def one(self, target: str) -> dict:
-        sent = self.requests(target)
-        assert len(sent) == 1, [e["headers"].get("X-Amz-Target") for e in self.requests()]
-        return sent[0]["json"]
 
 
 @pytest.fixture(scope="module")
@@ -360,3 +317,99 @@ def test_missing_s3_data_and_a_bad_name_are_refused_before_any_call(moto, upload
                       "x" * 33)
     assert result.returncode == 1
     assert "tuning job name 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx': use at most 32" in result.stderr
+
+
+def test_an_image_pushed_to_another_region_is_refused_before_any_job(moto, uploaded, project):
+    """SageMaker pulls only from ECR in its own region; `make push` once used the default
+    region while jobs used aws.region."""
+    (project / "elsewhere.toml").write_text(CONFIG.replace('region = "us-east-1"',
+                                                           'region = "eu-west-1"'))
+    before = {target: len(moto.requests(target)) for target in
+              ("CreateTrainingJob", "CreateHyperParameterTuningJob", "CreateModel")}
+    for command in (["train"], ["tune"], ["deploy", "--model", "s3://dogbreed-tests/m.tar.gz"]):
+        result = launcher(moto, project, *command, "--backend", "sagemaker", "--config",
+                          "elsewhere.toml")
+        assert result.returncode == 1, command
+        kind = "serve" if command[0] == "deploy" else "train"
+        assert (f"the {kind} image {SERVE_IMAGE if kind == 'serve' else TRAIN_IMAGE} is in "
+                "us-east-1, but jobs run in eu-west-1: push it there (`make push "
+                "REGION=eu-west-1`)") in result.stderr, result.stderr
+    assert {target: len(moto.requests(target)) for target in before} == before
+
+
+class FakeInstanceMetadata:
+    """EC2's instance metadata service (IMDSv2) on loopback, handing out an instance
+    role's credentials, as on an EC2 instance or a SageMaker notebook."""
+
+    ACCESS_KEY = "ASIAINSTANCEROLE"
+
+    def __init__(self):
+        import http.server
+        import threading
+        outer = self
+        self.credential_requests = 0
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_PUT(self):  # the session token
+                self._answer(b"imds-token")
+
+            def do_GET(self):
+                base = "/latest/meta-data/iam/security-credentials/"
+                if self.path == base:
+                    self._answer(b"DogbreedInstanceRole")
+                elif self.path == base + "DogbreedInstanceRole":
+                    outer.credential_requests += 1
+                    self._answer(json.dumps({
+                        "Code": "Success", "Type": "AWS-HMAC",
+                        "AccessKeyId": outer.ACCESS_KEY, "SecretAccessKey": "secret",
+                        "Token": "token", "Expiration": "2099-01-01T00:00:00Z"}).encode())
+                else:
+                    self.send_response(404)
+                    self.end_headers()
+
+            def _answer(self, body: bytes):
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+def test_instance_role_credentials_keep_working_after_the_first_sagemaker_session(
+        moto, project):
+    """The launcher once switched the metadata service off for the whole process when it
+    made its first SageMaker session, so the next boto3 session (waiting for a tuning job,
+    `report`) found no credentials on EC2. The real backend leaves the environment as it
+    found it."""
+    metadata = FakeInstanceMetadata()
+    env = aws_env(moto, project)
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_EC2_METADATA_DISABLED"):
+        env.pop(key)
+    env["AWS_EC2_METADATA_SERVICE_ENDPOINT"] = metadata.url
+    script = textwrap.dedent("""
+        import json, os
+        from pathlib import Path
+        from launcher.config import load_config
+        from launcher.sagemaker_sdk import aws_session, sagemaker_session
+        config = load_config("launcher.toml")
+        before = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
+        sagemaker_session(config, Path("runs"))
+        after = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
+        key = aws_session(config).get_credentials().get_frozen_credentials().access_key
+        print(json.dumps({"same_environment": before == after, "access_key": key}))
+    """)
+    try:
+        result = subprocess.run([sys.executable, "-c", script], cwd=project, env=env,
+                                capture_output=True, text=True, timeout=120)
+    finally:
+        metadata.server.shutdown()
+    assert result.returncode == 0, result.stderr[-3000:]
+    found = json.loads(result.stdout.strip().splitlines()[-1])
+    assert found == {"same_environment": True, "access_key": FakeInstanceMetadata.ACCESS_KEY}
+    assert metadata.credential_requests >= 2  # both sessions asked the instance role

@@ -48,7 +48,17 @@ def set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state((kind, np.array(keys, dtype=np.uint32), *rest))
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        # A job may resume on a host with fewer GPUs than the one that saved it.
+        for device, cuda_state in enumerate(state["cuda"][:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state, device)
+
+
+def restore_scaler(scaler: torch.amp.GradScaler, saved: dict[str, Any]) -> None:
+    """A bf16, fp32 or CPU job saves an empty scaler state; an fp16 job resuming it (the
+    same job moved to a GPU without bf16, since amp=auto follows the GPU) starts with a
+    fresh scale instead of failing."""
+    if saved:
+        scaler.load_state_dict(saved)
 
 
 def save_checkpoint(directory: Path, state: dict[str, Any]) -> Path:

@@ -166,7 +166,9 @@ class DebuggerHook(Callback):
             # eval mode while training, so module.training cannot tell them apart).
             if self._capture and torch.is_grad_enabled():
                 calls = sum(1 for key in self._relu_inputs if key.startswith(f"{name}_input_"))
-                self._relu_inputs[f"{name}_input_{calls}"] = inputs[0].detach()
+                # A copy: the in-place ReLU overwrites its input right after this hook,
+                # so a view would record the rectified (never negative) values.
+                self._relu_inputs[f"{name}_input_{calls}"] = inputs[0].detach().clone()
         return keep_input
 
     def _save(self, collection: str, name: str, tensor: torch.Tensor,

@@ -339,7 +339,7 @@ def resume(paths: JobPaths, hp: Hyperparameters, class_folders: list[str],
     training.optimizer.load_state_dict(saved["optimizer"])
     training.scheduler.load_state_dict(saved["scheduler"])
     training.scheduler.T_max = hp.epochs  # epochs may differ from the interrupted job's
-    training.precision.scaler.load_state_dict(saved["scaler"])
+    checkpoint.restore_scaler(training.precision.scaler, saved["scaler"])
     checkpoint.set_rng_state(saved["rng"][min(context.rank, len(saved["rng"]) - 1)])
     # The saved sums are already totals over all ranks: rank 0 carries them on.
     sums = EpochSums(**saved["sums"]) if context.is_main else EpochSums(step=saved["sums"]["step"])
