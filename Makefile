@@ -50,7 +50,7 @@ unit-test: venv system-packages
 local-mode-test: venv
 	bash docker/engine.sh
 	bash docker/test_base.sh
-	BASE_IMAGE=dogbreed-test-base:bookworm IMAGENET_WEIGHTS=skip TAG=test bash docker/build.sh
+	BASE_IMAGE=dogbreed-test-base:bookworm IMAGENET_WEIGHTS=skip CUDA_COMPAT=skip TAG=test bash docker/build.sh
 	$(VENV_PYTHON) -m pytest local_mode_tests
 
 benchmark: venv system-packages
@@ -60,7 +60,7 @@ benchmark: venv system-packages
 	$(VENV_PYTHON) benchmarks/debugger_overhead.py
 
 # The base, training and serving images (docker/build.sh says which settings it takes:
-# BASE_IMAGE, IMAGENET_WEIGHTS, TAG).
+# BASE_IMAGE, IMAGENET_WEIGHTS, CUDA_COMPAT, TORCH_INDEX_URL, TAG).
 build: venv
 	bash docker/engine.sh
 	bash docker/build.sh

@@ -9,6 +9,7 @@ values are refused with the dotted key that is wrong, before anything is started
 from __future__ import annotations
 
 import json
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -156,11 +157,29 @@ class TuningSection(_Section):
                                           prefix="tuning.")) from None
 
 
+# The first SageMaker inference AMI whose NVIDIA driver (580) runs the images' CUDA 13
+# wheels; GPU endpoints default to older drivers (470 to 550).
+CUDA13_INFERENCE_AMI = "al2023-ami-sagemaker-inference-gpu-4-1"
+
+
 class ServingSection(_Section):
     instance_type: str = "ml.m5.xlarge"
     instance_count: int = Field(1, ge=1, le=100)
     workers: int | None = Field(None, ge=1, le=64)
     top_k: int = Field(5, ge=1, le=133)
+    # auto: CUDA13_INFERENCE_AMI on GPU instance types (ml.g*, ml.p*); none: SageMaker's
+    # default; or an AMI version name as CreateEndpointConfig takes it.
+    inference_ami_version: str = Field("auto", pattern=r"^(auto|none|[a-z0-9][a-z0-9-]+)$")
+
+    @property
+    def ami_version(self) -> str | None:
+        """What CreateEndpointConfig gets as InferenceAmiVersion (None: not sent)."""
+        if self.inference_ami_version == "none":
+            return None
+        if self.inference_ami_version == "auto":
+            return CUDA13_INFERENCE_AMI if re.match(r"^ml\.[gp]\d", self.instance_type) \
+                else None
+        return self.inference_ami_version
 
 
 class Config(_Section):

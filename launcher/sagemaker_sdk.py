@@ -318,9 +318,14 @@ def deploy_endpoint(config: Config, session, backend: str, model_data: str, name
     model = Model(image_uri=image_uri(config, "serve", backend, session), model_data=model_data,
                   role=config.aws.role_arn or "arn:aws:iam::123456789012:role/LocalMode",
                   sagemaker_session=session, predictor_cls=Predictor, name=name, env=env)
-    instance_type = "local" if backend == "local" else config.serving.instance_type
+    if backend == "local":
+        options = {"instance_type": "local"}
+    else:
+        options = {"instance_type": config.serving.instance_type}
+        if config.serving.ami_version:  # a driver that runs the image's CUDA
+            options["inference_ami_version"] = config.serving.ami_version
     return model.deploy(initial_instance_count=config.serving.instance_count,
-                        instance_type=instance_type, endpoint_name=name, wait=wait)
+                        endpoint_name=name, wait=wait, **options)
 
 
 def wait_for_endpoint(session, name: str) -> dict:

@@ -75,3 +75,13 @@ def test_two_hosts_only_the_first_writes_the_artifact(sample_data, tmp_path):
     assert list((tmp_path / hosts[1] / "model").iterdir()) == []
     assert parse_metrics(outputs[0])["epoch"] == [1, 2]
     assert parse_metrics(outputs[1])["epoch"] == []
+
+
+def test_nccl_and_gloo_bind_to_the_interface_sagemaker_names_when_the_host_has_it(tmp_path):
+    from dogbreed.distributed import socket_interface_env
+    (tmp_path / "eth0").mkdir()
+    assert socket_interface_env("eth0", tmp_path) == {"NCCL_SOCKET_IFNAME": "eth0",
+                                                      "GLOO_SOCKET_IFNAME": "eth0"}
+    # The process backend's config says eth0 on any machine: a laptop may have none.
+    assert socket_interface_env("eth1", tmp_path) == {}
+    assert socket_interface_env(None, tmp_path) == {}

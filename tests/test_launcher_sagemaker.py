@@ -238,9 +238,31 @@ def test_deploy_sends_model_endpoint_config_and_endpoint(moto, deployed):
     variant = endpoint_config["ProductionVariants"][0]
     assert (variant["ModelName"], variant["InstanceType"], variant["InitialInstanceCount"]) == \
         ("dogbreed-ep", "ml.m5.2xlarge", 2)
+    assert "InferenceAmiVersion" not in variant  # a CPU instance: no driver to choose
     endpoint = moto.one("CreateEndpoint")
     assert (endpoint["EndpointName"], endpoint["EndpointConfigName"]) == ("dogbreed-ep",) * 2
     assert "endpoint dogbreed-ep is in service" in deployed.stdout
+
+
+def test_a_gpu_endpoint_gets_an_ami_whose_driver_runs_the_images_cuda(moto, uploaded,
+                                                                      project):
+    """GPU endpoints default to drivers 470-550; the images' CUDA 13 needs 580."""
+    (project / "gpu.toml").write_text(CONFIG.replace(
+        'instance_type = "ml.m5.2xlarge"', 'instance_type = "ml.g4dn.xlarge"').replace(
+        'workdir = "runs"', 'workdir = "runs-gpu"'))  # its own state: not predict's endpoint
+    result = launcher(moto, project, "deploy", "--backend", "sagemaker", "--config", "gpu.toml",
+                      "--model", "s3://dogbreed-tests/m.tar.gz", "--name", "dogbreed-gpu")
+    assert result.returncode == 0, result.stderr
+    sent = [entry["json"] for entry in moto.requests("CreateEndpointConfig")
+            if entry["json"]["EndpointConfigName"] == "dogbreed-gpu"][0]
+    variant = sent["ProductionVariants"][0]
+    assert (variant["InstanceType"], variant["InferenceAmiVersion"]) == \
+        ("ml.g4dn.xlarge", "al2023-ami-sagemaker-inference-gpu-4-1")
+    (project / "bad-ami.toml").write_text(CONFIG.replace(
+        "workers = 2", 'workers = 2\ninference_ami_version = "AL2 GPU"'))
+    refused = launcher(moto, project, "deploy", "--backend", "sagemaker", "--config",
+                       "bad-ami.toml", "--model", "s3://dogbreed-tests/m.tar.gz")
+    assert refused.returncode == 1 and "inference_ami_version" in refused.stderr
 
 
 def test_predict_sends_invoke_endpoint(moto, deployed, project):

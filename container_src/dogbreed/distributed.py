@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -30,6 +31,7 @@ class LaunchPlan:
     master_addr: str
     master_port: int
     threads_per_proc: int
+    network_interface: str | None = None  # resourceconfig.json's network_interface_name
 
     @property
     def world_size(self) -> int:
@@ -59,7 +61,8 @@ def is_torchrun_worker() -> bool:
     return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
-def launch_plan(hosts: list[str], current_host: str, num_gpus: int, num_cpus: int) -> LaunchPlan:
+def launch_plan(hosts: list[str], current_host: str, num_gpus: int, num_cpus: int,
+                network_interface: str | None = None) -> LaunchPlan:
     """How many workers where; a world of one needs no torchrun at all."""
     procs = num_gpus if num_gpus > 0 else int(os.environ.get(PROCS_PER_HOST_ENV, "1"))
     if procs < 1:
@@ -72,7 +75,18 @@ def launch_plan(hosts: list[str], current_host: str, num_gpus: int, num_cpus: in
         master_addr=hosts[0] if len(hosts) > 1 else "127.0.0.1",
         master_port=int(os.environ.get(MASTER_PORT_ENV, DEFAULT_MASTER_PORT)),
         threads_per_proc=max(1, num_cpus // procs),
+        network_interface=network_interface,
     )
+
+
+def socket_interface_env(interface: str | None,
+                         interfaces_dir: Path = Path("/sys/class/net")) -> dict[str, str]:
+    """NCCL and gloo bind to the interface SageMaker names (as its own training toolkit
+    does): left to guess, they may pick one the other hosts cannot reach. Only when this
+    host has it (the process backend's config names eth0 on any machine)."""
+    if not interface or not (interfaces_dir / interface).exists():
+        return {}
+    return {"NCCL_SOCKET_IFNAME": interface, "GLOO_SOCKET_IFNAME": interface}
 
 
 def run_torchrun(plan: LaunchPlan, module: str) -> tuple[int, bool]:
@@ -88,7 +102,8 @@ def run_torchrun(plan: LaunchPlan, module: str) -> tuple[int, bool]:
         f"--master_port={plan.master_port}", "-m", module,
     ]
     # torchrun would set OMP_NUM_THREADS=1, which starves CPU workers.
-    env = dict(os.environ, OMP_NUM_THREADS=str(plan.threads_per_proc))
+    env = dict(socket_interface_env(plan.network_interface), **os.environ,
+               OMP_NUM_THREADS=str(plan.threads_per_proc))
     print(f"launching {plan.world_size} DDP workers ({plan.nodes} host(s) x "
           f"{plan.procs_per_node}): {' '.join(command[1:])}", flush=True)
     process = subprocess.Popen(command, env=env)
@@ -128,6 +143,37 @@ def all_reduce_sum(values: list[float], context: DistContext) -> list[float]:
     tensor = torch.tensor(values, dtype=torch.float64)
     dist.all_reduce(tensor, group=context.control_group)
     return tensor.tolist()
+
+
+class StepVote:
+    """Per-step flags (stop requested?) summed over all ranks without waiting for them:
+    each step starts a non-blocking all-reduce on the CPU group and reads the one started
+    the step before, which has long finished. Every rank decides on the same step, one
+    step after a flag was raised; a blocking all-reduce per step made every rank wait for
+    the slowest, every step. Alone, the flags come back at once."""
+
+    def __init__(self, context: DistContext):
+        self.context = context
+        self._pending: tuple | None = None
+
+    def __call__(self, flags: list[float]) -> list[float] | None:
+        """Last step's sums (None on the first step of a vote)."""
+        if not self.context.enabled:
+            return flags
+        previous = self.drain()
+        tensor = torch.tensor(flags, dtype=torch.float64)
+        work = dist.all_reduce(tensor, group=self.context.control_group, async_op=True)
+        self._pending = (work, tensor)
+        return previous
+
+    def drain(self) -> list[float] | None:
+        """Wait for the vote in flight (before the next blocking collective on the group)."""
+        if self._pending is None:
+            return None
+        work, tensor = self._pending
+        self._pending = None
+        work.wait()
+        return tensor.tolist()
 
 
 def broadcast_from_main(obj, context: DistContext):

@@ -48,6 +48,7 @@ class JobEnvironment:
     current_host: str
     num_gpus: int
     num_cpus: int
+    network_interface: str | None = None
 
 
 def job_paths() -> JobPaths:
@@ -82,6 +83,7 @@ def read_job_environment() -> JobEnvironment:
         current_host=env.current_host,
         num_gpus=env.num_gpus,
         num_cpus=env.num_cpus,
+        network_interface=env.network_interface_name,
     )
 
 

@@ -28,9 +28,10 @@ from dogbreed.callbacks import Callback, CallbackList, ProgressLogger, TrainStat
 from dogbreed.debugger import DebuggerHook
 from dogbreed.debugger_config import DebuggerConfigError, debugger_config
 from dogbreed.data import Channel, ChannelError, EpochSampler, ImageListDataset, scan_channel
-from dogbreed.distributed import (DistContext, all_reduce_sum, broadcast_from_main,
+from dogbreed.distributed import (DistContext, StepVote, all_reduce_sum, broadcast_from_main,
                                   gather_objects, init_worker, is_torchrun_worker,
                                   launch_plan, run_torchrun, shutdown, sync_buffers)
+from dogbreed.gpu_check import GpuUnusable, require_usable_gpus
 from dogbreed.hyperparameters import HyperparameterError, Hyperparameters, parse_hyperparameters
 from dogbreed.job import JobConfigError, JobEnvironment, JobPaths, job_paths, \
     read_job_environment, write_failure, write_success
@@ -46,7 +47,7 @@ EXIT_INTERRUPTED = 128 + signal.SIGTERM
 SKIPPED_PATHS_SHOWN = 3
 # The user's mistakes: reported as one line, without a traceback.
 USER_ERRORS = (HyperparameterError, ChannelError, JobConfigError, PretrainedWeightsError,
-               checkpoint.ResumeError, DebuggerConfigError)
+               checkpoint.ResumeError, DebuggerConfigError, GpuUnusable)
 
 
 class TrainingInterrupted(Exception):
@@ -98,7 +99,10 @@ def _train() -> int:
         env = read_job_environment()
         hp = parse_hyperparameters(env.hyperparameters)
         if not is_torchrun_worker():
-            plan = launch_plan(env.hosts, env.current_host, env.num_gpus, env.num_cpus)
+            # A GPU host whose driver this CUDA cannot use must not train on its CPU.
+            require_usable_gpus(env.num_gpus)
+            plan = launch_plan(env.hosts, env.current_host, env.num_gpus, env.num_cpus,
+                               env.network_interface)
             if plan.world_size > 1:
                 return _run_distributed(plan, paths)
         context = init_worker()
@@ -147,8 +151,11 @@ def run_job(env: JobEnvironment, hp: Hyperparameters, context: DistContext) -> i
          f"images, {len(channels['train'].class_folders)} classes", context)
 
     progress = resume(env.paths, hp, channels["train"].class_folders, training, context)
+    # Gradients as views into DDP's buckets (no copy, less memory); no buffer broadcast
+    # before every forward pass: BatchNorm statistics are synced before evaluation.
     network = (DistributedDataParallel(model, device_ids=[context.device.index]
-                                       if context.device.type == "cuda" else None)
+                                       if context.device.type == "cuda" else None,
+                                       gradient_as_bucket_view=True, broadcast_buffers=False)
                if context.enabled else model)
     state = TrainState(model=network, optimizer=optimizer, epochs=hp.epochs,
                        rank=context.rank, world_size=context.world_size,
@@ -165,14 +172,19 @@ def run_job(env: JobEnvironment, hp: Hyperparameters, context: DistContext) -> i
     # A debugger rule's stop action: the job ends as failed, also when resumed.
     stopped_by_callback = bool(early_stop.get("stopped_by_callback"))
 
+    vote = StepVote(context)
+
     def stop_now() -> bool:
-        return any(agreed_stop(stop_signal, state, context))
+        """Asked after every step; under DDP answered one step late, without a wait."""
+        votes = vote([float(stop_signal.requested()), float(state.stop_reason is not None)])
+        return votes is not None and any(value > 0 for value in votes)
 
     try:  # the hooks close their files also when training fails or is interrupted
         while state.epoch <= hp.epochs and not stopped_early:
             sampler.set_epoch(state.epoch, start=sums.step * hp.batch_size)
             cut_short = train_one_epoch(state, train_loader, criterion, precision, context,
                                         callbacks, sums, stop_now)
+            vote.drain()
             sigterm, callback_stop = agreed_stop(stop_signal, state, context) if cut_short \
                 else (False, False)
             if sigterm:
