@@ -50,6 +50,8 @@ class DataSection(_Section):
     s3_uri: str | None = Field(None, pattern=r"^s3://.+")
     url: str = "https://s3-us-west-1.amazonaws.com/udacity-aind/dog-project/dogImages.zip"
     size_bytes: int = Field(1_132_023_110, gt=0)
+    # SHA-256 of the archive, checked after the download when set (64 hex digits).
+    sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$")
 
 
 class TrainingSection(_Section):
