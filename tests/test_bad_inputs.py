@@ -101,6 +101,7 @@ def test_sagemaker_added_hyperparameters_are_ignored():
     ({"optimizer": "lbfgs"}, "optimizer must be one of adamw, adam, sgd"),
     ({"pretrained": ""}, "pretrained must not be empty"),
     ({"epochs": True}, "epochs must be a number"),
+    ({"deterministic": "always"}, "deterministic must be one of on, off"),
 ])
 def test_hyperparameter_validation_names_the_key(raw, message):
     with pytest.raises(HyperparameterError, match=message):

@@ -10,7 +10,7 @@ import sys
 from conftest import FAST_HYPERPARAMETERS, channels_of, free_port, job_env, run_job
 from dogbreed.metrics import parse_metrics
 from launcher.job_dir import prepare_training_dir
-from test_resume import EPOCHS, assert_resumed_mid_epoch, interrupt_mid_epoch
+from test_resume import EPOCHS, assert_resumed_mid_epoch, assert_same_training, interrupt_mid_epoch
 
 
 def test_two_workers_on_one_host(sample_data, tmp_path):
@@ -45,6 +45,12 @@ def test_sigterm_to_two_workers_checkpoints_and_the_restart_completes(sample_dat
     ddp["DOGBREED_MASTER_PORT"] = str(free_port())
     second = run_job(tmp_path, hyperparameters, channels, **ddp)
     assert_resumed_mid_epoch(tmp_path, first_lines, saved, second)
+    # The same two-worker job without a stop ends with the same weights, byte for byte.
+    whole = tmp_path / "uninterrupted"
+    ddp["DOGBREED_MASTER_PORT"] = str(free_port())
+    uninterrupted = run_job(whole, hyperparameters, channels, **ddp)
+    assert uninterrupted.returncode == 0, uninterrupted.stdout + uninterrupted.stderr
+    assert_same_training(tmp_path, whole, exact_train_sums=False)
 
 
 def test_a_failing_rank_reports_its_own_reason(sample_data, tmp_path):

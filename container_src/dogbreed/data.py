@@ -94,7 +94,13 @@ def scan_channel(name: str, root: str | Path,
 
 
 class ImageListDataset(Dataset):
-    """(path, label) pairs -> (transformed tensor, label)."""
+    """(path, label) pairs -> (transformed tensor, label).
+
+    Keyed by an index, or by (index, augmentation seed) as EpochSampler gives them with
+    `seeded=True`: the random crop and flip of a sample then depend on that seed alone,
+    not on which loader worker drew it or on what that worker drew before. So a job
+    resumed mid-epoch augments its remaining images exactly as the uninterrupted job.
+    """
 
     def __init__(self, samples: list[tuple[str, int]], transform: Callable):
         self.samples = samples
@@ -103,9 +109,15 @@ class ImageListDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, key: int | tuple[int, int]):
+        index, seed = key if isinstance(key, tuple) else (key, None)
         path, label = self.samples[index]
-        return self.transform(open_rgb(path)), label
+        image = open_rgb(path)
+        if seed is None:
+            return self.transform(image), label
+        with torch.random.fork_rng(devices=[]):  # the caller's RNG stream is left as it was
+            torch.manual_seed(seed)
+            return self.transform(image), label
 
 
 class EpochSampler(Sampler[int]):
@@ -118,9 +130,10 @@ class EpochSampler(Sampler[int]):
     """
 
     def __init__(self, size: int, *, shuffle: bool, seed: int = 0, rank: int = 0,
-                 world_size: int = 1):
+                 world_size: int = 1, seeded: bool = False):
         self.size, self.shuffle, self.seed = size, shuffle, seed
         self.rank, self.world_size = rank, world_size
+        self.seeded = seeded  # yield (index, augmentation seed) pairs (ImageListDataset)
         self.epoch, self.start = 0, 0
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
@@ -136,8 +149,15 @@ class EpochSampler(Sampler[int]):
         order += order[: per_rank * self.world_size - self.size]
         return order[self.rank::self.world_size]
 
-    def __iter__(self) -> Iterator[int]:
-        return iter(self._indices()[self.start:])
+    def __iter__(self) -> Iterator[int] | Iterator[tuple[int, int]]:
+        indices = self._indices()[self.start:]
+        if not self.seeded:
+            return iter(indices)
+        return iter([(index, self.augmentation_seed(index)) for index in indices])
+
+    def augmentation_seed(self, index: int) -> int:
+        """A function of (job seed, epoch, image) only: the same crop on every run."""
+        return ((self.seed * 1_000_003 + self.epoch) * 10_000_019 + index) % 2**63
 
     def __len__(self) -> int:
         return max(0, len(self._indices()) - self.start)

@@ -40,6 +40,7 @@ class Hyperparameters:
     profiler_interval_ms: int = 500
     profiler_start_step: int = 5
     profiler_num_steps: int = 0
+    deterministic: str = "off"
 
     def as_dict(self) -> dict[str, Any]:
         """Kebab-case names, as the user wrote them."""
@@ -52,6 +53,7 @@ CHOICES = {
     "amp": ("auto", "bf16", "fp16", "off"),
     "debugger": ("on", "off"),
     "profiler": ("on", "off"),
+    "deterministic": ("on", "off"),
 }
 # What the debugger hook can save, named as SageMaker Debugger names its collections.
 DEBUGGER_COLLECTIONS = ("losses", "metrics", "weights", "biases", "gradients", "relu_input",
@@ -111,7 +113,7 @@ def _parse_value(name: str, value: Any) -> Any:
         return number
     if name == "amp" and str(value).strip().lower() in ("true", "false"):
         return "auto" if str(value).strip().lower() == "true" else "off"
-    if name in ("debugger", "profiler") and str(value).strip().lower() in ("true", "false"):
+    if name in ("debugger", "profiler", "deterministic") and str(value).strip().lower() in ("true", "false"):
         return "on" if str(value).strip().lower() == "true" else "off"
     if name == "rules":
         return _parse_rules(key, value)

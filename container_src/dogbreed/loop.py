@@ -53,8 +53,10 @@ def train_one_epoch(state: TrainState, loader: DataLoader, criterion: torch.nn.M
     model, optimizer, device = state.model, state.optimizer, context.device
     set_train_mode(model)
     steps_in_epoch = sums.step + len(loader)
-    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-    correct = torch.zeros((), device=device, dtype=torch.float64)
+    # Carry on from the sums so far (a resumed epoch): the additions then happen in the
+    # uninterrupted run's order, and the epoch's train_loss comes out bit-identical.
+    loss_sum = torch.tensor(sums.loss_sum, device=device, dtype=torch.float64)
+    correct = torch.tensor(sums.correct, device=device, dtype=torch.float64)
     seen, interrupted = 0, False
     # fp16 only: a drop of the loss scale marks a step the scaler skipped (one host sync
     # per step, where the scaler is on at all).
@@ -92,8 +94,8 @@ def train_one_epoch(state: TrainState, loader: DataLoader, criterion: torch.nn.M
             interrupted = True
             break
         waiting_since = time.perf_counter()
-    sums.loss_sum += loss_sum.item()
-    sums.correct += correct.item()
+    sums.loss_sum = loss_sum.item()
+    sums.correct = correct.item()
     sums.seen += seen
     sums.seconds += time.perf_counter() - started
     return interrupted

@@ -123,6 +123,7 @@ def _train() -> int:
 
 def run_job(env: JobEnvironment, hp: Hyperparameters, context: DistContext) -> int:
     stop_signal = _catch_sigterm()
+    use_deterministic_algorithms(hp)
     _seed_everything(hp.seed + context.rank)
     _log(f"dogbreed training: {hp.as_dict()}", context)
     channels = load_channels(env.channels, context)
@@ -300,7 +301,7 @@ def choose_num_workers(hp: Hyperparameters, context: DistContext, num_cpus: int)
 def make_loader(channel: Channel, transform, hp: Hyperparameters, context: DistContext,
                 num_workers: int, shuffle: bool) -> DataLoader:
     sampler = EpochSampler(len(channel.samples), shuffle=shuffle, seed=hp.seed,
-                           rank=context.rank, world_size=context.world_size)
+                           rank=context.rank, world_size=context.world_size, seeded=shuffle)
     # A last training batch of one sample breaks BatchNorm; drop it in that case only.
     drop_last = shuffle and len(sampler) % hp.batch_size == 1
     return DataLoader(ImageListDataset(channel.samples, transform), batch_size=hp.batch_size,
@@ -473,6 +474,17 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def use_deterministic_algorithms(hp: Hyperparameters) -> None:
+    """deterministic=on: the same weights from the same seed on a GPU too (cuDNN and
+    cuBLAS pick deterministic kernels, often slower; ops without one fail the job). On
+    the CPU, runs are deterministic without it."""
+    if hp.deterministic != "on":
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before cuBLAS starts
+    torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(True)
 
 
 def _memory_format(precision: Precision) -> torch.memory_format:
