@@ -91,3 +91,17 @@ def test_nccl_and_gloo_bind_to_the_interface_sagemaker_names_when_the_host_has_i
     # The process backend's config says eth0 on any machine: a laptop may have none.
     assert socket_interface_env("eth1", tmp_path) == {}
     assert socket_interface_env(None, tmp_path) == {}
+
+
+def test_rank_0_checks_the_channels_and_a_bad_channel_fails_every_rank(sample_data, tmp_path):
+    """Rank 0 alone scans the images; its refusal must still end both ranks, with its
+    reason, not leave rank 1 waiting for a list that never comes."""
+    empty = tmp_path / "empty_train"
+    empty.mkdir()
+    channels = dict(channels_of(sample_data), train=empty)
+    result = run_job(tmp_path / "job", FAST_HYPERPARAMETERS, channels,
+                     DOGBREED_PROCS_PER_HOST="2", DOGBREED_MASTER_PORT=str(free_port()),
+                     timeout=300)
+    assert result.returncode == 1
+    reason = (tmp_path / "job" / "output" / "failure").read_text()
+    assert re.match(r"rank[01]: channel 'train' at .* is empty", reason), reason

@@ -126,7 +126,7 @@ def run_job(env: JobEnvironment, hp: Hyperparameters, context: DistContext) -> i
     use_deterministic_algorithms(hp)
     _seed_everything(hp.seed + context.rank)
     _log(f"dogbreed training: {hp.as_dict()}", context)
-    channels = load_channels(env.channels, context)
+    channels = shared_channels(env.channels, context)
     preprocessing = eval_preprocessing(hp.image_size)
     precision = choose_precision(hp, context)
     num_workers = choose_num_workers(hp, context, env.num_cpus)
@@ -245,6 +245,22 @@ def agreed_stop(stop_signal: "_StopSignal", state: TrainState,
 
 def _stop_reason(state: TrainState) -> str:
     return state.stop_reason or "a callback on another rank asked to stop"
+
+
+def shared_channels(channel_dirs: dict[str, Path], context: DistContext) -> dict[str, Channel]:
+    """Rank 0 lists and checks the images once and every rank gets its list: all ranks
+    opening every image up front costs world_size times the I/O, and ranks must agree
+    on the list anyway (a file that becomes readable in between would split them)."""
+    found, error = None, None
+    if context.is_main:
+        try:
+            found = load_channels(channel_dirs, context)
+        except ChannelError as refused:
+            error = str(refused)
+    found, error = broadcast_from_main((found, error), context)
+    if error:
+        raise ChannelError(error)
+    return found
 
 
 def load_channels(channel_dirs: dict[str, Path], context: DistContext) -> dict[str, Channel]:
