@@ -105,3 +105,14 @@ def test_rank_0_checks_the_channels_and_a_bad_channel_fails_every_rank(sample_da
     assert result.returncode == 1
     reason = (tmp_path / "job" / "output" / "failure").read_text()
     assert re.match(r"rank[01]: channel 'train' at .* is empty", reason), reason
+
+
+def test_bf16_gradient_compression_trains_two_workers(sample_data, tmp_path):
+    """gradient-compression=bf16 (for multi-host jobs: half the bytes between hosts)."""
+    result = run_job(tmp_path, dict(FAST_HYPERPARAMETERS, **{"gradient-compression": "bf16"}),
+                     channels_of(sample_data), DOGBREED_PROCS_PER_HOST="2",
+                     DOGBREED_MASTER_PORT=str(free_port()))
+    assert result.returncode == 0, result.stdout + result.stderr
+    history = json.loads((tmp_path / "model" / "metrics.json").read_text())["epochs"]
+    assert [row["epoch"] for row in history] == [1, 2]
+    assert history[1]["train_loss"] < history[0]["train_loss"]  # it learns

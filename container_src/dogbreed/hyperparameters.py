@@ -41,6 +41,7 @@ class Hyperparameters:
     profiler_start_step: int = 5
     profiler_num_steps: int = 0
     deterministic: str = "off"
+    gradient_compression: str = "off"
 
     def as_dict(self) -> dict[str, Any]:
         """Kebab-case names, as the user wrote them."""
@@ -54,6 +55,7 @@ CHOICES = {
     "debugger": ("on", "off"),
     "profiler": ("on", "off"),
     "deterministic": ("on", "off"),
+    "gradient_compression": ("off", "bf16"),
 }
 # What the debugger hook can save, named as SageMaker Debugger names its collections.
 DEBUGGER_COLLECTIONS = ("losses", "metrics", "weights", "biases", "gradients", "relu_input",

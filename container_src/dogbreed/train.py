@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
@@ -158,6 +159,9 @@ def run_job(env: JobEnvironment, hp: Hyperparameters, context: DistContext) -> i
                                        if context.device.type == "cuda" else None,
                                        gradient_as_bucket_view=True, broadcast_buffers=False)
                if context.enabled else model)
+    if context.enabled and hp.gradient_compression == "bf16":
+        # Half the bytes on the wire between hosts, gradients rounded to bf16 for the sum.
+        network.register_comm_hook(None, default_hooks.bf16_compress_hook)
     state = TrainState(model=network, optimizer=optimizer, epochs=hp.epochs,
                        rank=context.rank, world_size=context.world_size,
                        epoch=progress["epoch"], global_step=progress["global_step"],
