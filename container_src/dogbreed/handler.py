@@ -5,7 +5,10 @@
 filed off: it always uses these handlers (the toolkit would take any importable module
 named `inference` as user code), it checks Accept before running the model, and a client
 error answers `{"error": ...}` with its 4xx status and no traceback (the toolkit puts the
-traceback in every error body).
+traceback in every error body). A model that failed to load answers 503 (507 when memory ran
+out) with the one-line reason: MMS reports every load as successful (it swallows
+`initialize`'s exceptions), so a request is the only way the reason leaves the worker, and
+the multi-model front relies on it to refuse a load honestly.
 """
 
 from __future__ import annotations
@@ -21,11 +24,23 @@ from sagemaker_inference.transformer import Transformer
 
 from dogbreed.codec import (ClientError, Limits, check_accept, decode_images, encode_error,
                             encode_predictions, parse_top_k)
-from dogbreed.predictor import DEFAULT_TOP_K, BreedClassifier
+from dogbreed.predictor import DEFAULT_TOP_K, BreedClassifier, ModelLoadError
 
 CUSTOM_ATTRIBUTES = "x-amzn-sagemaker-custom-attributes"
 JSON = "application/json"
+MAX_REASON_CHARS = 500
 logger = logging.getLogger("dogbreed.handler")
+
+
+class ModelNotLoaded(GenericInferenceToolkitError):
+    """`model_fn` failed. Unlike other server errors its reason goes into the body: it names
+    the artifact's file at fault or the memory that ran out, which whoever loads the model
+    must read, and it holds no traceback."""
+
+    def __init__(self, error: BaseException):
+        status = HTTPStatus.INSUFFICIENT_STORAGE if _is_out_of_memory(error) \
+            else HTTPStatus.SERVICE_UNAVAILABLE
+        super().__init__(int(status), f"model_fn failed: {_one_line_reason(error)}")
 
 
 def model_fn(model_dir: str, context=None) -> BreedClassifier:
@@ -73,9 +88,8 @@ class BreedTransformer(Transformer):
         try:
             self.validate_and_initialize(
                 model_dir=context.system_properties.get("model_dir"), context=context)
-        except Exception:  # a failed model_fn must not leave a traceback in bodies
-            return self.handle_error(context, GenericInferenceToolkitError(
-                503, "model not loaded"), traceback.format_exc())
+        except Exception as error:  # the reason in the body, the traceback in the log
+            return self.handle_error(context, ModelNotLoaded(error), traceback.format_exc())
         responses = []
         try:
             for index, request in enumerate(data):
@@ -99,11 +113,11 @@ class BreedTransformer(Transformer):
     @staticmethod
     def handle_error(context, inference_exception: BaseInferenceToolkitError, trace):
         status = inference_exception.status_code
+        message = inference_exception.message
         if status >= 500:
             logger.error("inference failed: %s", trace)  # the log keeps what the body must not
-            message = "internal error while predicting; see the endpoint's log"
-        else:
-            message = inference_exception.message
+            if not isinstance(inference_exception, ModelNotLoaded):
+                message = "internal error while predicting; see the endpoint's log"
         try:
             phrase = HTTPStatus(status).phrase
         except ValueError:
@@ -120,6 +134,24 @@ def _request_headers(context, index: int = 0) -> dict[str, str]:
     properties = context.request_processor[index].get_request_properties() or {}
     return {str(name).lower(): value for name, value in properties.items()
             if isinstance(value, str)}
+
+
+def _is_out_of_memory(error: BaseException) -> bool:
+    """Python's MemoryError, CUDA's OutOfMemoryError, or torch's CPU allocator failing
+    (a plain RuntimeError: "DefaultCPUAllocator: can't allocate memory")."""
+    if isinstance(error, (MemoryError, torch.OutOfMemoryError)):
+        return True
+    text = str(error)
+    return "can't allocate memory" in text or "Cannot allocate memory" in text
+
+
+def _one_line_reason(error: BaseException) -> str:
+    """The artifact's own errors say what to fix as they are; anything else keeps its type."""
+    lines = str(error).strip().splitlines()
+    reason = lines[0] if lines else "no message"
+    if not isinstance(error, ModelLoadError):
+        reason = f"{type(error).__name__}: {reason}"
+    return reason[:MAX_REASON_CHARS]
 
 
 def _share_cores_between_workers() -> None:

@@ -10,20 +10,28 @@
    has loaded the model and even when loading failed (measured: see README), so the
    front answers 200 only while MMS reports a READY worker (single-model) or MMS is up
    (multi-model). It also turns MMS's own error bodies into `{"error": ...}`.
+4. Multi-model: the front answers SageMaker's LoadModel (`POST /models`) itself. MMS says
+   200 for a model whose `model_fn` failed (its worker swallows the exception), so the front
+   registers the model, sends it a probe prediction, and answers 200 only when that came
+   back; otherwise it unregisters the model and answers the worker's reason. It loads only
+   folders inside the model store, and an unload answers once the workers' memory is free.
 
 Settings (environment): SAGEMAKER_BIND_TO_PORT (8080), SAGEMAKER_MODEL_SERVER_WORKERS
 (one per GPU, else min(CPUs, 4)), SAGEMAKER_MODEL_SERVER_TIMEOUT_SECONDS (60),
 SAGEMAKER_MAX_PAYLOAD_IN_MB (6), SAGEMAKER_MULTI_MODEL (false), SAGEMAKER_STARTUP_TIMEOUT
-(600 s), DOGBREED_MAX_IMAGE_PIXELS, DOGBREED_MAX_INSTANCES, DOGBREED_SERVE_DIR (runtime
-folder; a fresh temporary one by default).
+(600 s; also the limit for one model load), SAGEMAKER_CONTAINER_LOG_LEVEL (20, INFO),
+DOGBREED_MAX_IMAGE_PIXELS, DOGBREED_MAX_INSTANCES, DOGBREED_SERVE_DIR (runtime folder; a
+fresh temporary one by default).
 """
 
 from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -32,12 +40,15 @@ import sys
 import tempfile
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from http import HTTPStatus
 from http import client as http_client
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import parse_qs
 
+import psutil
 from PIL import Image
 
 from dogbreed.codec import DEFAULT_MAX_PAYLOAD_MB, encode_error
@@ -45,13 +56,28 @@ from dogbreed.codec import DEFAULT_MAX_PAYLOAD_MB, encode_error
 HANDLER_SERVICE = "dogbreed.handler_service"
 SINGLE_MODEL_NAME = "model"
 READY_CACHE_SECONDS = 1.0
+# Letters, digits, '.', '_', '-': the name goes into MMS's URL paths as it is.
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,254}")
+UNLOAD_WAIT_SECONDS = 30
 # Request headers that belong to one hop, not to the request (RFC 9110, 7.6.1).
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
               "trailer", "transfer-encoding", "upgrade", "host", "content-length"}
 
 
+logger = logging.getLogger("dogbreed.serve")
+
+
 class ServeError(RuntimeError):
     """serve cannot start; the message says why."""
+
+
+class LoadRefused(Exception):
+    """A load request refused before anything reached MMS: its status and reason."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
 
 
 @dataclass(frozen=True)
@@ -244,6 +270,204 @@ class ModelServer:
         return any(worker.get("status") == "READY"
                    for model in models for worker in model.get("workers", []))
 
+    def worker_processes(self, model_name: str) -> list[psutil.Process]:
+        """The processes of one model's workers (MMS's listener and the fork that holds the
+        model), found by the socket port in MMS's worker ids ("9000-8d99b09f"): an unload
+        frees memory only once they are gone, which MMS does not wait for."""
+        try:
+            status, _, body = self.request("GET", f"/models/{model_name}", timeout=10)
+            described = json.loads(body) if status == 200 else []
+        except (OSError, http_client.HTTPException, ValueError):
+            return []
+        models = described if isinstance(described, list) else [described]
+        sockets = tuple(f".mms.sock.{str(worker.get('id', '')).split('-')[0]}"
+                        for model in models for worker in model.get("workers", []))
+        return [process for process in _descendants(self.process.pid)
+                if _has_argument_ending(process, sockets)]
+
+
+def _descendants(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def _has_argument_ending(process: psutil.Process, endings: tuple[str, ...]) -> bool:
+    try:
+        return bool(endings) and any(arg.endswith(endings) for arg in process.cmdline())
+    except psutil.Error:
+        return False
+
+
+def _wait_until_exited(processes: list[psutil.Process], seconds: float) -> list[psutil.Process]:
+    """Those still running after `seconds`. An exited process that its new parent has not
+    reaped yet (a zombie, measured up to ~2 s here) holds no memory: it counts as exited."""
+    deadline = time.monotonic() + seconds
+    running = processes
+    while running and time.monotonic() < deadline:
+        time.sleep(0.05)
+        running = [process for process in running if _running(process)]
+    return running
+
+
+def _running(process: psutil.Process) -> bool:
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+class NamedLocks:
+    """One lock per model name, dropped when nobody holds or waits for it (SageMaker may
+    load thousands of names over an endpoint's life)."""
+
+    def __init__(self):
+        self._guard = threading.Lock()
+        self._locks: dict[str, list] = {}  # name -> [lock, holders and waiters]
+
+    @contextmanager
+    def hold(self, name: str):
+        with self._guard:
+            entry = self._locks.setdefault(name, [threading.Lock(), 0])
+            entry[1] += 1
+        try:
+            with entry[0]:
+                yield
+        finally:
+            with self._guard:
+                entry[1] -= 1
+                if entry[1] == 0:
+                    del self._locks[name]
+
+
+class ModelLoads:
+    """SageMaker's LoadModel and UnloadModel on MMS's management API, made honest: a load
+    answers 200 only after a prediction came back from the model, and leaves nothing
+    registered when it fails. Loads and unloads of one name take turns, so a second load
+    of a name waits for the first and then gets 409 (or loads, if the first failed)."""
+
+    def __init__(self, backend: ModelServer):
+        self.backend = backend
+        self.store = backend.settings.model_dir.resolve()
+        self._locks = NamedLocks()
+
+    def load(self, query: str, body: bytes) -> tuple[int, bytes]:
+        try:
+            name, url = parse_load_request(query, body)
+            folder = model_folder_in_store(url, self.store)
+        except LoadRefused as refused:
+            return refused.status, encode_error(refused.message).encode()
+        with self._locks.hold(name):
+            return self._load(name, folder)
+
+    def unload(self, name: str) -> tuple[int, bytes]:
+        with self._locks.hold(name):
+            status, data = self._unregister(name)
+        return status, (_as_error_body(data) if status >= 400 else data)
+
+    def _load(self, name: str, folder: Path) -> tuple[int, bytes]:
+        started = time.monotonic()
+        try:
+            status, data = self._register(name, folder)
+        except (OSError, http_client.HTTPException) as error:
+            self._unregister(name)  # MMS may still be loading it
+            return self._refuse(name, 503, f"model server unavailable: {error}")
+        if status == 409:  # already loaded: leave it alone
+            return status, _as_error_body(data)
+        if status != 200:  # e.g. a worker that died while loading
+            self._unregister(name)
+            return self._refuse(name, status,
+                                f"{_error_message(data)}; see the endpoint's log")
+        probe_status, reason = self._probe(name)
+        if probe_status != 200:
+            self._unregister(name)
+            return self._refuse(name, 507 if probe_status == 507 else 500, reason)
+        logger.info("model %r loaded from %s in %.1f s", name, folder,
+                    time.monotonic() - started)
+        return 200, data
+
+    def _register(self, name: str, folder: Path) -> tuple[int, bytes]:
+        """Only the name and the checked folder reach MMS: workers, handler and batching
+        are the server's to choose, not the caller's."""
+        registration = {"model_name": name, "url": str(folder), "synchronous": True,
+                        "initial_workers": self.backend.settings.workers}
+        status, _, data = self.backend.request(
+            "POST", "/models", json.dumps(registration).encode(),
+            {"Content-Type": "application/json"}, timeout=self.backend.settings.startup_timeout)
+        return status, data
+
+    def _probe(self, name: str) -> tuple[int, str]:
+        """One prediction, as /ping requires of the single model: MMS calls a model loaded
+        even when its model_fn failed; the worker's answer then carries the reason."""
+        try:
+            status, _, data = self.backend.request(
+                "POST", f"/models/{name}/invoke", _probe_image(), {"Content-Type": "image/jpeg"})
+        except (OSError, http_client.HTTPException) as error:
+            return 503, f"model server unavailable: {error}"
+        return status, ("" if status == 200 else _error_message(data))
+
+    def _unregister(self, name: str) -> tuple[int, bytes]:
+        """DELETE on MMS, then wait until the model's worker processes have exited."""
+        workers = self.backend.worker_processes(name)
+        try:
+            status, _, data = self.backend.request("DELETE", f"/models/{name}")
+        except (OSError, http_client.HTTPException) as error:
+            return 503, encode_error(f"model server unavailable: {error}").encode()
+        if status == 200:
+            alive = _wait_until_exited(workers, UNLOAD_WAIT_SECONDS)
+            if alive:
+                logger.warning("model %r unloaded, but %d worker process(es) still run after "
+                               "%d s", name, len(alive), UNLOAD_WAIT_SECONDS)
+        return status, data
+
+    @staticmethod
+    def _refuse(name: str, status: int, reason: str) -> tuple[int, bytes]:
+        message = f"cannot load model {name!r}: {reason}"
+        logger.warning("%s", message)
+        return status, encode_error(message).encode()
+
+
+def parse_load_request(query: str, body: bytes) -> tuple[str, str]:
+    """model_name and url from SageMaker's JSON body (or MMS's query string, when the body
+    is empty). Other fields are not read."""
+    if body.strip():
+        try:
+            fields = json.loads(body)
+        except (ValueError, RecursionError):
+            fields = None
+        if not isinstance(fields, dict):
+            raise LoadRefused(400, 'the body must be JSON {"model_name": ..., "url": ...}')
+    else:
+        fields = {key: values[0] for key, values in parse_qs(query).items()}
+    name, url = fields.get("model_name"), fields.get("url")
+    if not isinstance(name, str) or not MODEL_NAME.fullmatch(name):
+        raise LoadRefused(400, "model_name must be 1-255 letters, digits, '.', '_' or '-', "
+                               "starting with a letter or digit")
+    if not isinstance(url, str) or not url:
+        raise LoadRefused(400, "url must name the model's folder in the model store")
+    return name, url
+
+
+def model_folder_in_store(url: str, store: Path) -> Path:
+    """The folder `url` names, symlinks resolved, if it lies inside the multi-model store
+    (where SageMaker puts what it downloads). The management routes answer on the public
+    port; without this check a caller could make the server read any folder on the host
+    (a failed load lists the folder's files), or have MMS fetch an http URL or run the
+    handler code inside a .mar archive."""
+    refused = LoadRefused(400, f"url {url!r} is not a folder inside the model store {store}")
+    if not Path(url).is_absolute():
+        raise refused
+    try:
+        folder = Path(url).resolve()
+    except (OSError, ValueError, RuntimeError):  # a NUL byte, a symlink loop
+        raise refused from None
+    if folder == store or not folder.is_relative_to(store):
+        raise refused
+    if not folder.is_dir():
+        raise LoadRefused(400, f"model folder {url} does not exist")
+    return folder
+
 
 class Front(ThreadingHTTPServer):
     """Public port: /ping from readiness, the rest forwarded to MMS."""
@@ -260,7 +484,17 @@ class Front(ThreadingHTTPServer):
         self.answered_once = threading.Event()
         if backend.settings.multi_model:
             self.answered_once.set()
+        self.models = ModelLoads(backend) if backend.settings.multi_model else None
         super().__init__(("0.0.0.0", port), FrontHandler)
+
+    def handle_error(self, request, client_address):
+        """A client that hangs up mid-request is routine under load: one debug line instead
+        of socketserver's traceback."""
+        error = sys.exc_info()[1]
+        if isinstance(error, ConnectionError):
+            logger.debug("client %s dropped the connection: %s", client_address[0], error)
+            return
+        super().handle_error(request, client_address)
 
     def ready(self) -> bool:
         if not self.answered_once.is_set():
@@ -296,6 +530,8 @@ class FrontHandler(BaseHTTPRequestHandler):
                 {"status": "Healthy" if ready else "not ready"}).encode())
         if not _allowed(self.command, path, self.server.backend.settings.multi_model):
             return self._error(404, f"no endpoint {self.command} {path}")
+        if self.server.models is not None and _is_load_or_unload(self.command, path):
+            return self._manage_model(path, self.path.partition("?")[2], body)
         headers = {name: value for name, value in self.headers.items()
                    if name.lower() not in HOP_BY_HOP}
         try:
@@ -308,6 +544,11 @@ class FrontHandler(BaseHTTPRequestHandler):
         if status >= 400:
             data, content_type = _as_error_body(data), "application/json"
         self._answer(status, data, content_type)
+
+    def _manage_model(self, path: str, query: str, body: bytes):
+        if self.command == "POST":
+            return self._answer(*self.server.models.load(query, body))
+        return self._answer(*self.server.models.unload(path.strip("/").split("/")[1]))
 
     def _read_body(self) -> bytes | None:
         """The request body, or None after answering an error (and closing: a body left
@@ -329,7 +570,13 @@ class FrontHandler(BaseHTTPRequestHandler):
             self.close_connection = True
             self._error(413, f"payload of {size} bytes is over the limit of {limit} bytes")
             return None
-        return self.rfile.read(size)
+        body = self.rfile.read(size)
+        if len(body) < size:  # the client hung up before sending all of it
+            self.close_connection = True
+            logger.debug("client %s dropped the connection after %d of %d body bytes",
+                         self.client_address[0], len(body), size)
+            return None
+        return body
 
     def send_error(self, code, message=None, explain=None):
         """http.server's own errors (bad request line, headers too long) as JSON too."""
@@ -374,17 +621,30 @@ def _allowed(method: str, path: str, multi_model: bool) -> bool:
     return len(parts) == 3 and parts[0] == "models" and parts[2] == "invoke" and method == "POST"
 
 
+def _is_load_or_unload(method: str, path: str) -> bool:
+    """POST /models and DELETE /models/<name>: the front answers these itself."""
+    parts = path.strip("/").split("/")
+    return (method == "POST" and parts == ["models"]) or \
+        (method == "DELETE" and len(parts) == 2 and parts[0] == "models")
+
+
 def _as_error_body(data: bytes) -> bytes:
-    """`{"error": message}` whatever MMS or the handler answered (MMS's own errors look like
-    `{"code": 404, "type": "ModelNotFoundException", "message": ...}`)."""
+    """`{"error": message}` whatever MMS or the handler answered."""
+    return encode_error(_error_message(data)).encode()
+
+
+def _error_message(data: bytes) -> str:
+    """The message in an error body: the handler's `{"error": ...}` or MMS's own
+    `{"code": 404, "type": "ModelNotFoundException", "message": ...}`."""
     try:
         document = json.loads(data)
     except ValueError:
-        return encode_error(data.decode("utf-8", "replace").strip()[:500] or "error").encode()
-    if isinstance(document, dict) and set(document) == {"error"}:
-        return data
-    message = document.get("message") if isinstance(document, dict) else None
-    return encode_error(str(message or document)).encode()
+        return data.decode("utf-8", "replace").strip()[:500] or "error"
+    if isinstance(document, dict):
+        message = document.get("error") or document.get("message")
+        if isinstance(message, str) and message:
+            return message
+    return str(document)
 
 
 def _free_loopback_port() -> int:
@@ -478,8 +738,19 @@ def _watch(front: Front, backend: ModelServer, settings: ServeSettings,
         front.shutdown()
 
 
+def configure_logging() -> None:
+    """SageMaker's SAGEMAKER_CONTAINER_LOG_LEVEL (a number, as the SDK's
+    `container_log_level` sets it, or a name); INFO by default."""
+    value = os.environ.get("SAGEMAKER_CONTAINER_LOG_LEVEL", "").strip() or "INFO"
+    level = int(value) if value.isdigit() else logging.getLevelName(value.upper())
+    if not isinstance(level, int):
+        raise ServeError(f"bad serving setting: SAGEMAKER_CONTAINER_LOG_LEVEL={value!r}")
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+
+
 def main() -> int:
     try:
+        configure_logging()
         return serve(ServeSettings.from_environment())
     except ServeError as error:
         print(f"ERROR {error}", file=sys.stderr, flush=True)
