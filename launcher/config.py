@@ -12,10 +12,11 @@ import json
 import re
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator,
+                      model_validator)
 
 from dogbreed.hyperparameters import HyperparameterError, parse_hyperparameters
 from dogbreed.metrics import METRIC_DEFINITIONS
@@ -54,7 +55,91 @@ class DataSection(_Section):
     sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$")
 
 
-class TrainingSection(_Section):
+# Each form: (pattern, what a value must be: said when it is not).
+SUBNET_ID = (re.compile(r"subnet-[0-9a-f]{8,17}"), "a subnet id (subnet- and 8 to 17 hex digits)")
+SECURITY_GROUP_ID = (re.compile(r"sg-[0-9a-f]{8,17}"),
+                     "a security group id (sg- and 8 to 17 hex digits)")
+_KMS_KEY_ID = r"(?:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|mrk-[0-9a-f]{32})"
+_KMS_ALIAS = r"alias/[A-Za-z0-9/_-]{1,250}"
+_KMS_ARN = r"arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:"
+# The forms SageMaker documents for each KMS field: a training volume key (ResourceConfig)
+# by key id or key ARN only; the output key and the endpoint's key also by alias.
+KMS_KEY = (re.compile(rf"{_KMS_KEY_ID}|{_KMS_ARN}key/{_KMS_KEY_ID}"),
+           "a KMS key id or key ARN (SageMaker takes no alias here)")
+KMS_KEY_OR_ALIAS = (re.compile(rf"{KMS_KEY[0].pattern}|{_KMS_ALIAS}|{_KMS_ARN}{_KMS_ALIAS}"),
+                    "a KMS key id, key ARN, alias/NAME or alias ARN")
+
+
+def has_local_storage(instance_type: str) -> bool:
+    """Instance types whose storage is local NVMe, encrypted by the instance itself:
+    SageMaker refuses a volume KMS key for them (CreateTrainingJob, CreateEndpointConfig).
+    The SDK's own rule (sagemaker.utils.volume_size_supported): a "d" in the family
+    (ml.g4dn, ml.p4d, ml.m5d), or g5, g6, p5, trn1 and their variants."""
+    family = instance_type.removeprefix("ml.").split(".")[0]
+    return "d" in family or family.startswith(("g5", "g6", "p5", "trn1"))
+
+
+def _refuse_unless(form: tuple[re.Pattern, str], values: list[str | None]) -> None:
+    pattern, what = form
+    bad = [value for value in values if value is not None and not pattern.fullmatch(value)]
+    if bad:
+        raise ValueError(f"{', '.join(map(repr, bad))} is not {what}")
+
+
+class _LockedDownSection(_Section):
+    """What security teams require of SageMaker jobs and endpoints. The `sagemaker` backend
+    only: local mode runs on the user's own Docker, with no VPC, KMS or isolation to set."""
+    VOLUME_KEY_FORM: ClassVar[tuple[re.Pattern, str]] = KMS_KEY
+
+    instance_type: str
+    # The images need no network at run time (weights baked in, no pip, no downloads), so
+    # by default the containers get none: no outbound calls, no AWS credentials.
+    network_isolation: StrictBool = True  # true or false: no "yes" to misread
+    # A VPC to run in: both or neither; SageMaker takes at most 16 subnets and 5 groups.
+    subnets: list[str] = Field(default_factory=list, max_length=16)
+    security_group_ids: list[str] = Field(default_factory=list, max_length=5)
+    # Encrypts the instances' storage volume (not for instance types with local NVMe).
+    volume_kms_key: str | None = None
+
+    @field_validator("subnets")
+    @classmethod
+    def _subnet_ids(cls, values: list[str]) -> list[str]:
+        _refuse_unless(SUBNET_ID, values)
+        return values
+
+    @field_validator("security_group_ids")
+    @classmethod
+    def _security_group_ids(cls, values: list[str]) -> list[str]:
+        _refuse_unless(SECURITY_GROUP_ID, values)
+        return values
+
+    @field_validator("volume_kms_key")
+    @classmethod
+    def _volume_key(cls, value: str | None) -> str | None:
+        _refuse_unless(cls.VOLUME_KEY_FORM, [value])
+        return value
+
+    @model_validator(mode="after")
+    def _vpc_and_volume_fit(self):
+        if bool(self.subnets) != bool(self.security_group_ids):
+            raise ValueError("subnets and security_group_ids make one VPC config: set both "
+                             "(at least one of each) or neither")
+        if self.volume_kms_key and has_local_storage(self.instance_type):
+            raise ValueError(f"volume_kms_key cannot be used with {self.instance_type}: its "
+                             "local NVMe storage is encrypted by the instance and SageMaker "
+                             "refuses a KMS key for it; leave volume_kms_key out or pick an "
+                             "instance type with EBS storage")
+        return self
+
+    @property
+    def vpc_config(self) -> dict[str, list[str]] | None:
+        """As CreateTrainingJob and CreateModel take it (None: no VPC)."""
+        if not self.subnets:
+            return None
+        return {"Subnets": list(self.subnets), "SecurityGroupIds": list(self.security_group_ids)}
+
+
+class TrainingSection(_LockedDownSection):
     instance_type: str = "ml.g5.xlarge"
     instance_count: int = Field(1, ge=1, le=64)
     volume_size_gb: int = Field(50, ge=1, le=16384)
@@ -62,7 +147,19 @@ class TrainingSection(_Section):
     spot: bool = False
     max_wait_seconds: int | None = Field(None, ge=60)
     checkpoint_s3_uri: str | None = Field(None, pattern=r"^s3://.+")
+    # Encrypts the model and output SageMaker writes to S3; key id, key ARN, alias or alias
+    # ARN.
+    output_kms_key: str | None = None
+    # Encrypts the traffic between the hosts of a multi-host job (instance_count > 1);
+    # off by default, as on SageMaker: it slows distributed training down.
+    encrypt_inter_container_traffic: StrictBool = False
     hyperparameters: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("output_kms_key")
+    @classmethod
+    def _output_key(cls, value: str | None) -> str | None:
+        _refuse_unless(KMS_KEY_OR_ALIAS, [value])
+        return value
 
     @field_validator("hyperparameters")
     @classmethod
@@ -164,7 +261,11 @@ class TuningSection(_Section):
 CUDA13_INFERENCE_AMI = "al2023-ami-sagemaker-inference-gpu-4-1"
 
 
-class ServingSection(_Section):
+class ServingSection(_LockedDownSection):
+    """The endpoint: network_isolation and the VPC go to CreateModel, volume_kms_key to
+    CreateEndpointConfig (whose KmsKeyId also takes an alias)."""
+    VOLUME_KEY_FORM: ClassVar[tuple[re.Pattern, str]] = KMS_KEY_OR_ALIAS
+
     instance_type: str = "ml.m5.xlarge"
     instance_count: int = Field(1, ge=1, le=100)
     workers: int | None = Field(None, ge=1, le=64)

@@ -155,6 +155,7 @@ def estimator(config: Config, session, backend: str, hyperparameters: Mapping[st
         if checkpoint_job and (training.spot or training.checkpoint_s3_uri):
             base = (training.checkpoint_s3_uri or f"{config.s3_prefix()}/checkpoints")
             options["checkpoint_s3_uri"] = f"{base.rstrip('/')}/{checkpoint_job}"
+        options.update(locked_down_training(config))
     else:
         options.update(instance_type="local", instance_count=training.instance_count)
     return Estimator(
@@ -166,6 +167,22 @@ def estimator(config: Config, session, backend: str, hyperparameters: Mapping[st
         # SageMaker Debugger is closed to new customers: the image carries its own hook,
         # and its output travels with the job's output instead.
         debugger_hook_config=False, disable_profiler=True, **options)
+
+
+def locked_down_training(config: Config) -> dict[str, Any]:
+    """The security options as Estimator arguments, for SageMaker jobs only: local mode runs
+    on the user's Docker, with no VPC, KMS or isolation to apply them to. A tuning job's
+    TrainingJobDefinition takes them from the same Estimator.
+
+    What the config leaves off goes as None, not False: then an administrator's SageMaker
+    defaults config (/etc/xdg/sagemaker/config.yaml), which can set each of these, applies."""
+    training = config.training
+    vpc = training.vpc_config or {}
+    return {"enable_network_isolation": training.network_isolation,
+            "encrypt_inter_container_traffic": training.encrypt_inter_container_traffic or None,
+            "subnets": vpc.get("Subnets"), "security_group_ids": vpc.get("SecurityGroupIds"),
+            "volume_kms_key": training.volume_kms_key,
+            "output_kms_key": training.output_kms_key}
 
 
 def s3_data_uri(config: Config) -> str:
@@ -315,16 +332,22 @@ def deploy_endpoint(config: Config, session, backend: str, model_data: str, name
     env = serving_environment(config)
     if backend == "local":
         env[ENDPOINT_VARIABLE] = name
+    serving = config.serving
+    model_options: dict[str, Any] = {}
+    if backend == "local":
+        options: dict[str, Any] = {"instance_type": "local"}
+    else:
+        # The security options: SageMaker only, as for training (see locked_down_training).
+        model_options = {"enable_network_isolation": serving.network_isolation,
+                         "vpc_config": serving.vpc_config}
+        options = {"instance_type": serving.instance_type, "kms_key": serving.volume_kms_key}
+        if serving.ami_version:  # a driver that runs the image's CUDA
+            options["inference_ami_version"] = serving.ami_version
     model = Model(image_uri=image_uri(config, "serve", backend, session), model_data=model_data,
                   role=config.aws.role_arn or "arn:aws:iam::123456789012:role/LocalMode",
-                  sagemaker_session=session, predictor_cls=Predictor, name=name, env=env)
-    if backend == "local":
-        options = {"instance_type": "local"}
-    else:
-        options = {"instance_type": config.serving.instance_type}
-        if config.serving.ami_version:  # a driver that runs the image's CUDA
-            options["inference_ami_version"] = config.serving.ami_version
-    return model.deploy(initial_instance_count=config.serving.instance_count,
+                  sagemaker_session=session, predictor_cls=Predictor, name=name, env=env,
+                  **model_options)
+    return model.deploy(initial_instance_count=serving.instance_count,
                         endpoint_name=name, wait=wait, **options)
 
 

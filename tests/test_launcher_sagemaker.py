@@ -164,6 +164,11 @@ def test_train_sends_the_training_job(moto, uploaded, project):
     # The closed Debugger service is not asked for.
     assert "DebugHookConfig" not in sent and "DebugRuleConfigurations" not in sent
     assert sent.get("ProfilerConfig", {}).get("DisableProfiler", True) is True
+    # The image needs no network: isolated by default; no VPC or keys unless configured.
+    assert sent["EnableNetworkIsolation"] is True
+    assert not sent.get("EnableInterContainerTrafficEncryption")
+    assert "VpcConfig" not in sent and "VolumeKmsKeyId" not in sent["ResourceConfig"]
+    assert "KmsKeyId" not in sent["OutputDataConfig"]
     assert "the model is at s3://" in result.stdout
 
 
@@ -234,7 +239,9 @@ def test_deploy_sends_model_endpoint_config_and_endpoint(moto, deployed):
         "s3://dogbreed-tests/proj/jobs/dogbreed-train-1/output/model.tar.gz"
     assert model["PrimaryContainer"]["Environment"] == {"SAGEMAKER_MODEL_SERVER_WORKERS": "2"}
     assert model["ExecutionRoleArn"] == ROLE
+    assert model["EnableNetworkIsolation"] is True and "VpcConfig" not in model
     endpoint_config = moto.one("CreateEndpointConfig")
+    assert "KmsKeyId" not in endpoint_config
     variant = endpoint_config["ProductionVariants"][0]
     assert (variant["ModelName"], variant["InstanceType"], variant["InitialInstanceCount"]) == \
         ("dogbreed-ep", "ml.m5.2xlarge", 2)
@@ -263,6 +270,83 @@ def test_a_gpu_endpoint_gets_an_ami_whose_driver_runs_the_images_cuda(moto, uplo
     refused = launcher(moto, project, "deploy", "--backend", "sagemaker", "--config",
                        "bad-ami.toml", "--model", "s3://dogbreed-tests/m.tar.gz")
     assert refused.returncode == 1 and "inference_ami_version" in refused.stderr
+
+
+SUBNETS = ["subnet-0a1b2c3d4e5f60718", "subnet-0f1e2d3c4b5a69788"]
+GROUPS = ["sg-0123456789abcdef0"]
+VOLUME_KEY = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+OUTPUT_KEY = "alias/dogbreed-output"
+ENDPOINT_KEY = "alias/dogbreed-endpoint"
+LOCKED_DOWN = CONFIG.replace('workdir = "runs"', 'workdir = "runs-locked"').replace(
+    'instance_type = "ml.g5.2xlarge"', f"""instance_type = "ml.p3.2xlarge"
+subnets = {json.dumps(SUBNETS)}
+security_group_ids = {json.dumps(GROUPS)}
+volume_kms_key = "{VOLUME_KEY}"
+output_kms_key = "{OUTPUT_KEY}"
+encrypt_inter_container_traffic = true""").replace('workers = 2', f"""workers = 2
+network_isolation = false
+subnets = {json.dumps(SUBNETS[:1])}
+security_group_ids = {json.dumps(GROUPS)}
+volume_kms_key = "{ENDPOINT_KEY}"
+""")
+
+
+def test_the_security_options_reach_every_request(moto, uploaded, project):
+    """What a security team sets in the config arrives in CreateTrainingJob,
+    CreateHyperParameterTuningJob, CreateModel and CreateEndpointConfig, field by field."""
+    (project / "locked.toml").write_text(LOCKED_DOWN)
+    for command in (["train", "--name", "dogbreed-locked"],
+                    ["tune", "--name", "dogbreed-locked-t", "--no-wait"],
+                    ["deploy", "--model", "s3://dogbreed-tests/m.tar.gz", "--name",
+                     "dogbreed-locked-ep"]):
+        result = launcher(moto, project, *command, "--backend", "sagemaker", "--config",
+                          "locked.toml")
+        assert result.returncode == 0, result.stderr
+    vpc = {"Subnets": SUBNETS, "SecurityGroupIds": GROUPS}
+
+    def sent(operation: str, name_field: str, name: str) -> dict:
+        return [entry["json"] for entry in moto.requests(operation)
+                if entry["json"][name_field] == name][0]
+
+    job = sent("CreateTrainingJob", "TrainingJobName", "dogbreed-locked")
+    tuning = sent("CreateHyperParameterTuningJob", "HyperParameterTuningJobName",
+                  "dogbreed-locked-t")["TrainingJobDefinition"]
+    for definition, resources in ((job, job["ResourceConfig"]),
+                                  (tuning, tuning["HyperParameterTuningResourceConfig"])):
+        assert definition["EnableNetworkIsolation"] is True
+        assert definition["EnableInterContainerTrafficEncryption"] is True
+        assert definition["VpcConfig"] == vpc
+        assert resources["VolumeKmsKeyId"] == VOLUME_KEY
+        assert definition["OutputDataConfig"]["KmsKeyId"] == OUTPUT_KEY
+    model = sent("CreateModel", "ModelName", "dogbreed-locked-ep")
+    assert not model.get("EnableNetworkIsolation")  # off, as configured for the endpoint
+    assert model["VpcConfig"] == {"Subnets": SUBNETS[:1], "SecurityGroupIds": GROUPS}
+    endpoint_config = sent("CreateEndpointConfig", "EndpointConfigName", "dogbreed-locked-ep")
+    assert endpoint_config["KmsKeyId"] == ENDPOINT_KEY
+
+
+@pytest.mark.parametrize("setting, message", [
+    ('subnets = ["subnet-0a1b2c3d"]', "subnets and security_group_ids make one VPC config"),
+    ('subnets = ["vpc-0a1b2c3d"]\nsecurity_group_ids = ["sg-0a1b2c3d"]',
+     "'vpc-0a1b2c3d' is not a subnet id"),
+    ('subnets = ["subnet-0a1b2c3d"]\nsecurity_group_ids = ["0a1b2c3d"]',
+     "'0a1b2c3d' is not a security group id"),
+    ('volume_kms_key = "alias/mine"', "'alias/mine' is not a KMS key id or key ARN"),
+    ('output_kms_key = "my key"', "'my key' is not a KMS key id, key ARN, alias"),
+    (f'volume_kms_key = "{VOLUME_KEY}"',
+     "volume_kms_key cannot be used with ml.g5.2xlarge: its local NVMe storage"),
+    ('network_isolation = "yes"', "training.network_isolation"),
+])
+def test_a_bad_security_option_is_refused_before_any_aws_call(moto, uploaded, project,
+                                                              setting, message):
+    (project / "bad-security.toml").write_text(CONFIG.replace(
+        "volume_size_gb = 80", f"volume_size_gb = 80\n{setting}"))
+    before = len(moto.requests())
+    result = launcher(moto, project, "train", "--backend", "sagemaker", "--config",
+                      "bad-security.toml")
+    assert result.returncode == 1
+    assert message in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert len(moto.requests()) == before  # not even S3 was asked
 
 
 def test_predict_sends_invoke_endpoint(moto, deployed, project):
