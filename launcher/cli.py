@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--zip", help="use this dogImages.zip instead of downloading")
     data.add_argument("--upload", action="store_true",
                       help="upload the splits to S3 (data.s3_uri, else s3://BUCKET/PREFIX/data)")
+    data.add_argument("--delete", action="store_true",
+                      help="--upload: also remove objects under the data URI that have no "
+                      "local file (without it they are listed, and channels still read them)")
 
     tune = command("tune", "Tune hyperparameters: ranges, objective, strategy and early "
                    "stopping from the config, overridable here.")

@@ -131,6 +131,8 @@ def _member(archive: Path, name: str) -> str | None:
 
 def data(args, config: Config, workdir: Path) -> int:
     from launcher import data as dataset
+    if args.delete and not args.upload:
+        raise LauncherError("--delete only goes with --upload")
     dest = Path(args.dest or config.data.local_dir)
     if args.synthetic:
         from dogbreed.sample_data import write_sample_data
@@ -154,9 +156,11 @@ def data(args, config: Config, workdir: Path) -> int:
             if not archive.is_file():
                 raise LauncherError(f"zip file {archive} not found")
         else:
+            # Size and digest describe the configured archive, not one from --url.
             archive = dataset.download(args.url or config.data.url,
                                        dest.parent / "dogImages.zip",
-                                       None if args.url else config.data.size_bytes)
+                                       None if args.url else config.data.size_bytes,
+                                       None if args.url else config.data.sha256)
         root = dataset.unzip(archive, dest.parent)
         if root.resolve() != dest.resolve():
             print(f"note: the data is in {root} (pass --data {root} to tune and train)")
@@ -167,10 +171,11 @@ def data(args, config: Config, workdir: Path) -> int:
         raise LauncherError(f"the data in {root} cannot be trained on: "
                             f"{'; '.join(report['problems'])}")
     if args.upload:
+        from launcher.s3_sync import client, sync
         from launcher.sagemaker_sdk import aws_session, s3_data_uri
         target = s3_data_uri(config)
-        sent = dataset.upload(root, target, aws_session(config))
-        print(f"uploaded {sent} file(s) to {target} (others were already there)")
+        result = sync(root, target, client(aws_session(config)), delete=args.delete)
+        print(result.summary(target))
     return 0
 
 

@@ -1,13 +1,15 @@
 """`launcher data`: get the dog-breed images, check them, and put them where jobs read them.
 
-Download `dogImages.zip` (resuming a partial download, checking the size), unzip it,
-validate the three splits (images per split and class, classes that agree, unreadable
-files listed), and optionally upload the channels to S3. `--synthetic` writes the small
-generated sample set instead, which is what runs offline.
+Download `dogImages.zip` (resuming a partial download, checking the size and, when
+configured, the SHA-256), unzip it (refusing members that escape the folder or expand
+like a zip bomb), validate the three splits (images per split and class, classes that
+agree, unreadable files listed); uploading to S3 is `launcher.s3_sync`. `--synthetic`
+writes the small generated sample set instead, which is what runs offline.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import zipfile
@@ -22,14 +24,22 @@ from launcher.errors import LauncherError
 SPLITS = ("train", "valid", "test")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 CHUNK = 1 << 16  # what a broken-off download can lose at most
+# Zip bombs: a member over MAX_RATIO_FROM bytes may expand at most MAX_RATIO times. JPEGs
+# barely compress (about 1:1); text files stay far below 100:1 and small ones are exempt.
+MAX_RATIO = 100
+MAX_RATIO_FROM = 1 << 20
 
 
-def download(url: str, target: Path, expected_size: int | None) -> Path:
-    """Fetch url to target; a `.part` file from an interrupted run is continued (HTTP Range)."""
+def download(url: str, target: Path, expected_size: int | None,
+             sha256: str | None = None) -> Path:
+    """Fetch url to target; a `.part` file from an interrupted run is continued (HTTP Range).
+
+    With sha256, the finished file (also one already here) must have that digest: the size
+    alone does not catch a corrupted or substituted archive."""
     import requests
     if target.is_file() and (expected_size is None or target.stat().st_size == expected_size):
         print(f"{target} is already here ({target.stat().st_size:,} bytes)")
-        return target
+        return check_sha256(target, sha256)
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(target.name + ".part")
     have = partial.stat().st_size if partial.is_file() else 0
@@ -64,18 +74,60 @@ def download(url: str, target: Path, expected_size: int | None) -> Path:
         raise LauncherError(f"downloaded {size:,} bytes but expected {expected_size:,}: run "
                             f"again to continue, or delete {partial} to start over")
     partial.replace(target)
-    return target
+    return check_sha256(target, sha256)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as opened:
+        while block := opened.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_sha256(path: Path, expected: str | None) -> Path:
+    """path when its digest is `expected` (or none is expected); otherwise the file is
+    moved aside to `NAME.bad-sha256` (kept for inspection, never deleted) and refused."""
+    if expected is None:
+        return path
+    actual = file_sha256(path)
+    if actual == expected.lower():
+        return path
+    aside = path.with_name(path.name + ".bad-sha256")
+    path.replace(aside)
+    raise LauncherError(f"{path.name} has SHA-256 {actual}, but data.sha256 is "
+                        f"{expected.lower()}: refused and moved to {aside}; run again to "
+                        "download it afresh")
+
+
+def refuse_unsafe_members(archive: Path, members: list[zipfile.ZipInfo]) -> None:
+    """Before anything is extracted: no member may land outside the target folder (an
+    absolute path, a drive, `..`) or expand like a zip bomb. zipfile itself enforces the
+    declared sizes (it stops at file_size and checks the CRC), so checking them is enough."""
+    for member in members:
+        name = member.filename
+        parts = name.replace("\\", "/").split("/")
+        if name.startswith(("/", "\\")) or ":" in parts[0] or ".." in parts:
+            raise LauncherError(f"{archive} is refused: member {name!r} would be written "
+                                "outside the target folder")
+        ratio = member.file_size / max(member.compress_size, 1)
+        if member.file_size > MAX_RATIO_FROM and ratio > MAX_RATIO:
+            raise LauncherError(f"{archive} is refused: member {name!r} expands "
+                                f"{member.compress_size:,} bytes to {member.file_size:,} "
+                                f"({ratio:,.0f}:1, more than {MAX_RATIO}:1), like a zip bomb")
 
 
 def unzip(archive: Path, into: Path) -> Path:
     """Extract the data folder of the archive (the one holding train/) into `into`.
 
     Unpacked beside the target first and renamed when complete, so an interrupted unzip
-    never leaves a half-filled data folder that looks finished. Members are checked to
-    stay inside the target; macOS resource forks are skipped.
+    never leaves a half-filled data folder that looks finished. Every member is checked
+    first (`refuse_unsafe_members`), so a bad one means nothing is extracted; macOS
+    resource forks are skipped.
     """
     try:
         with zipfile.ZipFile(archive) as opened:
+            refuse_unsafe_members(archive, opened.infolist())
             members = [m for m in opened.infolist() if not m.is_dir()
                        and not m.filename.startswith("__MACOSX/")]
             roots = {m.filename.split("/")[0] for m in members
@@ -161,23 +213,3 @@ def write_validation(report: dict[str, Any], root: Path) -> Path:
     path = root / "validation.json"
     path.write_text(json.dumps(report, indent=2) + "\n")
     return path
-
-
-def upload(root: Path, s3_uri: str, boto_session) -> int:
-    """Upload the split folders under s3_uri, skipping files already there with the same
-    size (so an interrupted upload continues); the number of files sent."""
-    bucket, _, prefix = s3_uri.removeprefix("s3://").partition("/")
-    prefix = prefix.strip("/")
-    s3 = boto_session.client("s3")
-    present = {}
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        present.update({item["Key"]: item["Size"] for item in page.get("Contents", [])})
-    files = [path for split in SPLITS if (root / split).is_dir()
-             for path in sorted((root / split).rglob("*")) if path.is_file()]
-    keys = {path: "/".join(filter(None, [prefix, str(path.relative_to(root))])) for path in files}
-    todo = [path for path in files if present.get(keys[path]) != path.stat().st_size]
-    with tqdm(total=sum(path.stat().st_size for path in todo), unit="B", unit_scale=True,
-              desc=f"uploading to {s3_uri}") as bar:
-        for path in todo:
-            s3.upload_file(str(path), bucket, keys[path], Callback=bar.update)
-    return len(todo)

@@ -36,6 +36,10 @@ class Moto:
                 time.sleep(0.2)
         requests.post(f"{self.url}/moto-api/recorder/start-recording").raise_for_status()
 
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=30)
+
     def requests(self, target: str | None = None) -> list[dict]:
         """Recorded requests; for a JSON API, those whose X-Amz-Target ends with target."""
         found = []

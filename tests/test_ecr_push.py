@@ -56,8 +56,7 @@ def moto(tmp_path):
     (tmp_path / "moto").mkdir()
     server = Moto(tmp_path / "moto")
     yield server
-    server.process.terminate()
-    server.process.wait(timeout=30)
+    server.stop()
 
 
 def _push_to_moto(tmp_path, moto, media_type: str, config_region: str):

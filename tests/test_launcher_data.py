@@ -3,7 +3,12 @@ Range requests, and can break a download off half-way."""
 
 from __future__ import annotations
 
+import hashlib
 import http.server
+import os
+import re
+import subprocess
+import sys
 import threading
 import zipfile
 from pathlib import Path
@@ -127,3 +132,64 @@ def test_validation_finds_missing_splits_and_foreign_classes(sample_data, tmp_pa
     assert "train: no readable image in 004.Akita_empty" in report["problems"]
     shutil.rmtree(root / "valid")
     assert any("no valid folder under" in problem for problem in dataset.validate(root)["problems"])
+
+
+def test_a_wrong_sha256_is_refused_and_the_file_kept_aside(server, archive_bytes, tmp_path):
+    right = hashlib.sha256(archive_bytes).hexdigest()
+    wrong = "0" * 64
+    target = tmp_path / "dogImages.zip"
+    with pytest.raises(LauncherError, match=f"has SHA-256 {right}, but data.sha256 is {wrong}: "
+                       "refused and moved to .*dogImages.zip.bad-sha256"):
+        dataset.download(server.url, target, len(archive_bytes), wrong)
+    assert not target.exists()
+    assert (tmp_path / "dogImages.zip.bad-sha256").read_bytes() == archive_bytes
+    # The right digest (in either case) passes, for a fresh download and for one already here.
+    assert dataset.download(server.url, target, len(archive_bytes), right.upper()) == target
+    assert dataset.download(server.url, target, len(archive_bytes), right) == target
+    assert len(server.ranges) == 2
+    # A file already here that does not match is moved aside too, not trusted for its size.
+    with pytest.raises(LauncherError, match="refused and moved to"):
+        dataset.download(server.url, target, len(archive_bytes), wrong)
+    assert not target.exists() and len(server.ranges) == 2
+
+
+def test_the_data_command_checks_the_configured_sha256(server, archive_bytes, tmp_path):
+    (tmp_path / "launcher.toml").write_text(
+        f'[data]\nurl = "{server.url}"\nsize_bytes = {len(archive_bytes)}\n'
+        f'sha256 = "{"ab" * 32}"\n')
+    result = subprocess.run([sys.executable, "-m", "launcher", "data", "--dest", "data/dogImages"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                            env={**os.environ,
+                                 "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert result.returncode != 0
+    assert f"but data.sha256 is {'ab' * 32}" in result.stderr
+    assert (tmp_path / "data" / "dogImages.zip.bad-sha256").stat().st_size == len(archive_bytes)
+    assert not (tmp_path / "data" / "dogImages").exists()
+
+
+def zip_with(path: Path, members: dict[str, bytes]) -> Path:
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, body in members.items():
+            archive.writestr(name, body)
+    return path
+
+
+@pytest.mark.parametrize("name", ["dogImages/train/../../escaped.jpg", "/etc/escaped.jpg",
+                                  "dogImages\\..\\..\\escaped.jpg", "C:/escaped.jpg"])
+def test_a_member_that_escapes_the_folder_is_refused(tmp_path, name):
+    archive = zip_with(tmp_path / "dogImages.zip", {
+        "dogImages/train/001.A/a.jpg": b"jpeg", name: b"evil"})
+    with pytest.raises(LauncherError, match=re.escape(f"member {name!r} would be written outside")):
+        dataset.unzip(archive, tmp_path / "out" / "in")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "escaped.jpg").exists()
+
+
+def test_a_member_that_expands_like_a_zip_bomb_is_refused(tmp_path):
+    archive = zip_with(tmp_path / "dogImages.zip", {
+        "dogImages/train/001.A/a.jpg": b"jpeg",
+        "dogImages/train/001.A/notes.txt": b"ordinary text " * 1000,  # small: allowed
+        "dogImages/valid/001.A/bomb.jpg": bytes(64 << 20)})  # 64 MiB of zeros: ~1000:1
+    with pytest.raises(LauncherError, match=r"member 'dogImages/valid/001.A/bomb.jpg' expands "
+                       r"[\d,]+ bytes to 67,108,864 \([\d,]+:1, more than 100:1\)"):
+        dataset.unzip(archive, tmp_path)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["dogImages.zip"]

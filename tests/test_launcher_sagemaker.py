@@ -68,8 +68,7 @@ workers = 2
 def moto(tmp_path_factory):
     server = Moto(tmp_path_factory.mktemp("moto"))
     yield server
-    server.process.terminate()
-    server.process.wait(timeout=30)
+    server.stop()
 
 
 @pytest.fixture(scope="module")
