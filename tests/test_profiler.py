@@ -7,14 +7,17 @@ import json
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
+import pynvml
 import pytest
 
 from conftest import FAST_HYPERPARAMETERS, channels_of, run_job
 from dogbreed.hyperparameters import parse_hyperparameters
 from dogbreed.profiler import build_profiler
-from dogbreed.system_metrics import Nvml
+from dogbreed.system_metrics import Nvml, SystemSampler
 from dogbreed.profiler_rules import (DEFAULT_PARAMETERS, RULE_NAMES, evaluate_profiler_rules,
                                      rule_log_line)
 
@@ -129,31 +132,50 @@ def test_a_failing_job_keeps_what_was_recorded(tmp_path):
     assert len((tmp_path / "system.jsonl").read_text().splitlines()) >= 3
 
 
-def test_gpu_samples_come_from_nvml_as_read_through_ctypes():
-    """No GPU here: a stand-in for libnvidia-ml answers the calls the sampler makes."""
-    class FakeNvml:
-        def nvmlDeviceGetCount_v2(self, count):
-            count._obj.value = 2
-            return 0
+def test_gpu_samples_come_from_nvml(monkeypatch):
+    """No GPU here: stand-ins for pynvml's device calls answer what the sampler asks."""
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
 
-        def nvmlDeviceGetHandleByIndex_v2(self, index, handle):
-            handle._obj.value = 100 + index
-            return 0
+    def memory(handle):
+        if handle != 100:  # the second device stops answering
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_GPU_IS_LOST)
+        return SimpleNamespace(total=80 * 2**30, free=60 * 2**30, used=20 * 2**30)
 
-        def nvmlDeviceGetUtilizationRates(self, handle, rates):
-            rates._obj.gpu, rates._obj.memory = (87, 40) if handle.value == 100 else (5, 1)
-            return 0
-
-        def nvmlDeviceGetMemoryInfo(self, handle, memory):
-            memory._obj.total, memory._obj.used = 80 * 2**30, 20 * 2**30
-            return 0 if handle.value == 100 else 999  # the second device stops answering
-
-    assert Nvml(FakeNvml()).sample() == [
+    monkeypatch.setattr(pynvml, "nvmlDeviceGetCount", lambda: 2)
+    monkeypatch.setattr(pynvml, "nvmlDeviceGetHandleByIndex", lambda index: 100 + index)
+    monkeypatch.setattr(pynvml, "nvmlDeviceGetUtilizationRates", lambda handle: SimpleNamespace(
+        gpu=87, memory=40) if handle == 100 else SimpleNamespace(gpu=5, memory=1))
+    monkeypatch.setattr(pynvml, "nvmlDeviceGetMemoryInfo", memory)
+    assert Nvml().sample() == [
         {"index": 0, "utilization_percent": 87.0, "memory_percent": 25.0}]
+    monkeypatch.undo()
     nvml = Nvml.open()
     if nvml is None:  # no NVIDIA driver here
         return
     assert [gpu["index"] for gpu in nvml.sample()] == list(range(len(nvml.handles)))
+    nvml.close()
+
+
+def test_without_nvml_there_are_no_gpu_samples(monkeypatch, tmp_path):
+    """No driver (nvmlInit fails), or one that stops answering after it: an empty `gpus`
+    list, and the sampler runs on."""
+    def fail(*args):
+        raise pynvml.NVMLError(pynvml.NVML_ERROR_LIBRARY_NOT_FOUND)
+
+    shutdowns = []
+    monkeypatch.setattr(pynvml, "nvmlInit", fail)
+    assert Nvml.open() is None
+    monkeypatch.setattr(pynvml, "nvmlInit", lambda: None)
+    monkeypatch.setattr(pynvml, "nvmlDeviceGetCount", fail)
+    monkeypatch.setattr(pynvml, "nvmlShutdown", lambda: shutdowns.append(1))
+    assert Nvml.open() is None and shutdowns == [1]
+    monkeypatch.setattr(pynvml, "nvmlInit", fail)
+    sampler = SystemSampler(tmp_path / "system.jsonl", 0.05)
+    sampler.start()
+    time.sleep(0.2)
+    sampler.stop()
+    samples = [json.loads(line) for line in (tmp_path / "system.jsonl").read_text().splitlines()]
+    assert len(samples) >= 2 and all(sample["gpus"] == [] for sample in samples)
 
 
 # ---- the rules on synthetic series ---------------------------------------------------------

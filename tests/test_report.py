@@ -111,7 +111,7 @@ def test_a_failed_job_without_a_model_is_reported_from_its_output_data(job, tmp_
     assert '<span class="status issue">Failed</span>' in page
     assert "stopped early: LossNotDecreasing: IssuesFound at step 12" in page
     assert "No model folder" in page and "No model.json" in page
-    assert "the debugger trace&#x27;s EVAL steps" in page  # per-epoch curves, from the trace
+    assert "the debugger trace&#39;s EVAL steps" in page  # per-epoch curves, from the trace
     assert '<span class="status issue">IssuesFound</span></td><td>log</td><td>12</td>' in page
     assert "loss went up 12 %" in page
     assert len(images_of(page)) == 6
@@ -193,6 +193,21 @@ def test_a_diverging_gpu_job_shows_its_gpu_its_slow_step_and_its_non_finite_valu
     images = images_of(page)
     assert len(images) == 5
     assert images[-1].height > images[-2].height  # four panels, not three
+
+
+def test_the_job_s_text_is_escaped_and_the_page_s_own_html_is_not(tmp_path):
+    """The template autoescapes: names and messages from the job's files show as text."""
+    output_data = tmp_path / "output" / "data"
+    output_data.mkdir(parents=True)
+    (output_data / "rules.json").write_text(json.dumps({"rules": [
+        {"rule": "<i>Rule</i>", "status": "IssuesFound", "evidence": "a < b & 'c'"}]}))
+    (tmp_path / "output" / "failure").write_text("<script>alert(1)</script>")
+    page = build_report(tmp_path / "r.html", "<b>job</b>", None, output_data).read_text()
+    assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "<h1>Training report: &lt;b&gt;job&lt;/b&gt;</h1>" in page
+    assert "<td><b>&lt;i&gt;Rule&lt;/i&gt;</b></td>" in page
+    assert "<td>a &lt; b &amp; &#39;c&#39;</td>" in page
+    assert "<code>profiler=on</code>" in page  # the page's own hints stay HTML
 
 
 def test_nothing_to_report_on_is_a_clear_error(tmp_path):

@@ -14,7 +14,9 @@ results), how did it learn (loss and accuracy, gradient and weight norms), where
 time go (step time, system utilisation, top operators), and with what settings. A section
 without data says so and how to get it. No network and no JavaScript: the page opens from
 a downloaded folder. Torch-free; matplotlib (Agg, without pyplot's global state) is
-imported only when a plot is drawn (the plots are in `dogbreed.report_figures`).
+imported only when a plot is drawn (the plots are in `dogbreed.report_figures`). The HTML
+is the Jinja2 template `templates/report.html.j2`, autoescaped: what the job's files say
+shows as text; only our own snippets (`HOW_TO`) are marked as HTML.
 
 The training program writes `output/data/report.html` at the end of every job
 (`write_job_report`); `python -m dogbreed.report JOB_DIR` and `launcher report` build it
@@ -24,25 +26,28 @@ again offline.
 from __future__ import annotations
 
 import argparse
-import html
+import base64
 import json
 import math
 import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable
 
 import numpy as np
+from jinja2 import Environment, PackageLoader, StrictUndefined
+from markupsafe import Markup
 
 from dogbreed.profiler_rules import read_jsonl
-from dogbreed.report_figures import (epoch_figure, img_tag, norm_heatmaps_figure,
-                                     norm_lines_figure, norms_of, profiler_window,
-                                     representative, scalar, step_figure, step_time_figure,
-                                     system_figure)
+from dogbreed.report_figures import (epoch_figure, norm_heatmaps_figure, norm_lines_figure,
+                                     norms_of, profiler_window, scalar, step_figure,
+                                     step_time_figure, system_figure)
 from dogbreed.smdebug_trace import read_trace
 
 REPORT_FILE = "report.html"
+TEMPLATE = "report.html.j2"  # in dogbreed/templates/
 OUTPUT_DATA_ENTRIES = ("debug", "rules.json", "profiler")
 PROFILER = "profiler"
 
@@ -50,8 +55,8 @@ STATUS_CLASS = {"NoIssuesFound": "ok", "IssuesFound": "issue", "Error": "error"}
 RANK = {"IssuesFound": 0, "Error": 1, "NoIssuesFound": 2}  # the rules table's order
 
 # How to get a section's data, in the training program's hyperparameters and the
-# launcher's `train`/`tune` options.
-HOW_TO = {
+# launcher's `train`/`tune` options: HTML of ours, marked safe for the page's template.
+HOW_TO = {name: Markup(text) for name, text in {
     "rules": "ask for rules with the hyperparameter <code>rules=ExplodingTensor,"
              "LossNotDecreasing</code> (launcher: <code>--rule ExplodingTensor --rule "
              "LossNotDecreasing</code>; add <code>:stop</code> to end the job on an issue)",
@@ -70,7 +75,7 @@ HOW_TO = {
     "output_data": "the debugger, rule and profiler sections read the job's "
                    "<code>output/data/</code> folder (<code>output.tar.gz</code> of a "
                    "SageMaker job)",
-}
+}.items()}
 
 
 class ReportError(ValueError):
@@ -201,78 +206,42 @@ def _history_from_trace(trace: list) -> list[dict]:
 
 
 # ---- the page ---------------------------------------------------------------------------
+# The HTML is templates/report.html.j2 (Jinja2, autoescaped); here each section's data is
+# worked out from the job, as text and numbers for the template to show.
 
-@dataclass
-class Section:
-    anchor: str
-    heading: str
-    body: str
+class Section(SimpleNamespace):
+    """One part of the page: `anchor` (also the name of its macro in the template),
+    `heading`, and whatever else that macro shows."""
 
-
-def _note(text: str) -> str:
-    return f'<p class="note">{text}</p>'
-
-
-def _absent(job: JobRecord, what: str, how: str) -> str:
-    """Why a section is empty and how to fill it (HTML)."""
-    if job.output_data is None:
-        return _note(f"No {what}: this section reads the job's <code>output/data/</code> "
-                     "folder, which was not given.")
-    return _note(f"No {what}: {how}.")
-
-
-def _table(header: list[str], rows: list[list[str]], css: str = "") -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>"
-                   for row in rows)
-    return f'<table class="{css}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
-
-
-def _kv_table(items: dict, render: Callable[[Any], str]) -> str:
-    rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{render(v)}</td></tr>"
-                   for k, v in items.items())
-    return f'<table class="kv">{rows}</table>'
-
-
-def _wide_table(items: dict) -> str:
-    """Names over values: a row of metrics reads at a glance."""
-    return _table([str(k) for k in items], [[_cell(v) for v in items.values()]], "wide")
+    def __init__(self, anchor: str, heading: str, **values: Any):
+        super().__init__(anchor=anchor, heading=heading, **values)
 
 
 def _cell(value: Any) -> str:
+    """A table cell's text: whole floats as integers, others to 4 decimals."""
     if isinstance(value, float) and value.is_integer() and abs(value) < 1e9:
         return str(int(value))
     if isinstance(value, float):
         return f"{value:.4f}" if math.isfinite(value) and abs(value) < 1e5 else f"{value:.4g}"
-    return html.escape(str(value))
+    return str(value)
 
 
-def _text(value: Any) -> str:
-    return html.escape(str(value))
+def _b64(png: bytes) -> str:
+    return base64.b64encode(png).decode()
 
 
-def _status(status: str) -> str:
-    css = STATUS_CLASS.get(status, "unknown")
-    return f'<span class="status {css}">{html.escape(str(status))}</span>'
+_ENVIRONMENT = Environment(loader=PackageLoader("dogbreed", "templates"), autoescape=True,
+                           trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True,
+                           undefined=StrictUndefined)
+_ENVIRONMENT.filters.update(cell=_cell, b64=_b64)
+_ENVIRONMENT.globals.update(STATUS_CLASS=STATUS_CLASS, HOW_TO=HOW_TO)
 
 
-def summary_html(job: JobRecord) -> str:
-    outcome = {"succeeded": '<span class="status ok">Succeeded</span>',
-               "failed": '<span class="status issue">Failed</span>',
-               "unknown": '<span class="status unknown">Outcome unknown</span>'}[job.outcome]
-    if job.reason:
-        reason = f' <span class="reason">{html.escape(job.reason)}</span>'
-    elif job.outcome != "unknown":
-        reason = ""
-    elif job.output_data is not None:
-        reason = (' <span class="small">(no output/success or output/failure next to the '
-                  "output data)</span>")
-    else:
-        reason = (' <span class="small">(a model folder alone, without its job\'s output/ '
-                  "folder)</span>")
-    parts = [f'<p class="outcome">{outcome}{reason}</p>']
-    training = job.training
+def summary_of(job: JobRecord) -> SimpleNamespace:
+    """The page's top: training facts, rule counts and the final metrics."""
+    facts = None
     if job.description is not None:
+        training = job.training
         facts = [f"{job.description.get('num_classes')} breeds",
                  f"{training.get('epochs_run')} of {job.hyperparameters.get('epochs', '?')} "
                  "epoch(s) run",
@@ -281,35 +250,11 @@ def summary_html(job: JobRecord) -> str:
             facts.append(f"stopped early: {training['stopped_early']}")
         facts.append(f"on {training.get('device')} ({training.get('precision')}), world size "
                      f"{training.get('world_size')}")
-        parts.append(f"<p>{html.escape(', '.join(str(f) for f in facts))}.</p>")
-    else:
-        how = ("the job ended before writing its model" if job.outcome == "failed" else
-               "the model was not given (<code>--model DIR</code>)")
-        parts.append(_note(f"No model folder (model.json, metrics.json): {how}. Per-epoch "
-                           "metrics come from the debugger trace where there is one; "
-                           "hyperparameters and training facts are missing."))
     rules = job.debugger_rules + job.profiler_rules
-    if rules:
-        count = {status: sum(r.get("status") == status for r in rules)
-                 for status in STATUS_CLASS}
-        parts.append(f"<p>Rules: {len(rules)} evaluated, {_status('IssuesFound')} "
-                     f"{count['IssuesFound']}, {_status('Error')} {count['Error']}, "
-                     f"{_status('NoIssuesFound')} {count['NoIssuesFound']} "
-                     '(<a href="#rules">details</a>).</p>')
-    final = (job.description or {}).get("metrics") or {}
-    if final:
-        parts.append("<h3>Final metrics (best epoch)</h3>" + _wide_table(final))
-    elif job.history:
-        parts.append("<h3>Last epoch</h3>" + _wide_table(job.history[-1]))
-    if job.output_data is None:
-        parts.append(_note(f"No output data: {HOW_TO['output_data']}."))
-    if job.problems:
-        parts.append('<p class="note">' + "<br>".join(html.escape(p) for p in job.problems) +
-                     "</p>")
-    sources = [f"model: {job.model_dir}" if job.model_dir else "model: none",
-               f"output data: {job.output_data}" if job.output_data else "output data: none"]
-    parts.append(f'<p class="sources">{html.escape("; ".join(sources))}</p>')
-    return "\n".join(parts)
+    return SimpleNamespace(
+        facts=facts, rule_count=len(rules),
+        rules={status: sum(r.get("status") == status for r in rules) for status in STATUS_CLASS},
+        final=(job.description or {}).get("metrics") or {})
 
 
 def rules_section(job: JobRecord) -> Section:
@@ -318,61 +263,25 @@ def rules_section(job: JobRecord) -> Section:
         [("profiler", rule) for rule in job.profiler_rules]
     ranked.sort(key=lambda item: RANK.get(item[1].get("status"), 1))  # issues first
     for kind, rule in ranked:
-        parameters = ", ".join(f"{k}={v}" for k, v in
-                               (rule.get("parameters") or {}).items())
         step = rule.get("step")
         checked = rule.get("steps_checked", rule.get("datapoints"))
-        rows.append([kind, f"<b>{html.escape(str(rule.get('rule')))}</b>",
-                     _status(rule.get("status", "?")),
-                     html.escape(str(rule.get("action", ""))),
-                     html.escape(str(step if step is not None else "")),
-                     html.escape(str(checked if checked is not None else "")),
-                     html.escape(str(rule.get("evidence", ""))),
-                     f'<span class="small">{html.escape(parameters)}</span>'])
-    body = [_table(["kind", "rule", "status", "action", "step", "checked", "evidence",
-                    "parameters"], rows, "rules")] if rows else []
-    if job.output_data is None:
-        body.append(_absent(job, "rule results", ""))
-    else:
-        if not job.debugger_rules:
-            body.append(_absent(job, "debugger rules were evaluated (no rules.json)",
-                                HOW_TO["rules"]))
-        if not job.profiler_rules:
-            body.append(_absent(job, "profiler rules (no profiler/profiler_rules.json)",
-                                "they are judged at the end of training; " +
-                                HOW_TO["profiler"]))
-    if rows:
-        body.append('<p class="small">"checked": steps (debugger) or data points '
-                    '(profiler) the rule looked at; "step": where an issue was found.</p>')
-    return Section("rules", "Rule results", "\n".join(body))
+        rows.append(SimpleNamespace(
+            kind=kind, rule=str(rule.get("rule")), status=rule.get("status", "?"),
+            action=str(rule.get("action", "")), step=str(step if step is not None else ""),
+            checked=str(checked if checked is not None else ""),
+            evidence=str(rule.get("evidence", "")),
+            parameters=", ".join(f"{k}={v}" for k, v in (rule.get("parameters") or {}).items())))
+    return Section("rules", "Rule results", rows=rows)
 
 
 def curves_section(job: JobRecord) -> Section:
-    body = []
     per_epoch = epoch_figure(job.history, job.training.get("best_epoch")) \
         if job.history else None
-    if per_epoch:
-        body.append(img_tag(per_epoch, "loss, accuracy and throughput per epoch"))
-        body.append(f'<p class="caption">Per epoch, from {html.escape(job.history_source)}.'
-                    "</p>")
-    else:
-        body.append(_note("No per-epoch metrics: neither model/metrics.json nor EVAL steps "
-                          "in a debugger trace."))
     per_step = step_figure(job.trace) if job.trace else None
-    if per_step:
-        body.append(img_tag(per_step, "loss and accuracy per saved training step"))
-        losses = [scalar(s.tensors["loss"]) for s in job.trace
-                  if s.mode == "TRAIN" and "loss" in s.tensors]
-        bad = [v for v in losses if not math.isfinite(v)]
-        warning = (f' <b class="reason">{len(bad)} of {len(losses)} saved losses are not '
-                   "finite (NaN or infinite) and are not drawn.</b>" if bad else "")
-        body.append('<p class="caption">Per saved training step, from the debugger trace '
-                    "(every <code>debugger-save-interval</code> steps); squares: the "
-                    f"validation at each epoch end.{warning}</p>")
-    else:
-        body.append(_absent(job, "per-step losses (no debugger trace with losses)",
-                            HOW_TO["trace"]))
-    return Section("curves", "Loss and accuracy", "\n".join(body))
+    losses = [scalar(s.tensors["loss"]) for s in job.trace
+              if s.mode == "TRAIN" and "loss" in s.tensors] if per_step else []
+    return Section("curves", "Loss and accuracy", per_epoch=per_epoch, per_step=per_step,
+                   losses=len(losses), not_finite=sum(not math.isfinite(v) for v in losses))
 
 
 def norms_section(job: JobRecord) -> Section:
@@ -381,22 +290,14 @@ def norms_section(job: JobRecord) -> Section:
     if not (weights or gradients):
         where = ("the debugger trace holds no l2 norms" if job.trace else
                  "there is no debugger trace")
-        return Section("norms", "Gradient and weight norms",
-                       _absent(job, "gradient or weight norms", f"{where}; {HOW_TO['norms']}"))
-    count = max(len(n.names) for n in (weights, gradients) if n)
-    body = [img_tag(norm_lines_figure(weights, gradients),
-                 "weight and gradient l2 norms of representative layers"),
-            img_tag(norm_heatmaps_figure(weights, gradients),
-                 "heatmaps of gradient and weight norms for every layer"),
-            f'<p class="caption">l2 norms of {count} parameter tensors at '
-            f"{len((gradients or weights).steps)} saved training steps. Lines: the first "
-            "weight of each block; heatmaps: every parameter, in model order (black: not "
-            "finite or not saved). A gradient row that is very dark compared with the others "
-            "vanishes; a bright or black one explodes. A weight row near 0 % has not moved.</p>"]
-    missing = [what for what, n in (("weights", weights), ("gradients", gradients)) if not n]
-    if missing:
-        body.append(_note(f"No {' or '.join(missing)} saved: {HOW_TO['norms']}."))
-    return Section("norms", "Gradient and weight norms", "\n".join(body))
+        return Section("norms", "Gradient and weight norms", where=where, lines=None)
+    return Section(
+        "norms", "Gradient and weight norms", where="",
+        lines=norm_lines_figure(weights, gradients),
+        heatmaps=norm_heatmaps_figure(weights, gradients),
+        count=max(len(n.names) for n in (weights, gradients) if n),
+        steps=len((gradients or weights).steps),
+        missing=[what for what, n in (("weights", weights), ("gradients", gradients)) if not n])
 
 
 def step_time_section(job: JobRecord) -> Section:
@@ -405,8 +306,7 @@ def step_time_section(job: JobRecord) -> Section:
     if not train:
         why = ("profiler/steps.jsonl holds no training step" if job.profiler_dir and
                job.profiler_dir.is_dir() else "no profiler/steps.jsonl")
-        return Section("steps", "Step time",
-                       _absent(job, f"step timeline ({why})", HOW_TO["profiler"]))
+        return Section("steps", "Step time", why=why, png=None)
     png, clipped = step_time_figure(train, profiler_window(job.hyperparameters))
     rows = []
     for mode in sorted({s.get("mode", "TRAIN") for s in job.steps}):
@@ -419,23 +319,14 @@ def step_time_section(job: JobRecord) -> Section:
                      f"{np.median(compute):.1f}", f"{np.median(total):.1f}",
                      f"{np.percentile(total, 95):.1f}", f"{total.max():.1f}",
                      f"{share:.1f} %", f"{total.sum() / 1000:.1f}"])
-    body = [img_tag(png, "data-loader wait and compute per training step"),
-            f'<p class="caption">{html.escape(clipped)}</p>' if clipped else "",
-            _table(["mode", "steps", "median data wait (ms)", "median compute (ms)",
-                    "median step (ms)", "p95 step (ms)", "max step (ms)",
-                    "time waiting for data", "total (s)"], rows, "numbers"),
-            '<p class="small">A large share of time waiting for data means the loader is the '
-            "bottleneck: more <code>num-workers</code>, smaller images or faster storage. The "
-            "first steps are usually slow (warm-up).</p>"]
-    return Section("steps", "Step time", "\n".join(body))
+    return Section("steps", "Step time", why="", png=png, clipped=clipped, rows=rows)
 
 
 def system_section(job: JobRecord) -> Section:
     if not job.system:
         why = ("profiler/system.jsonl holds no sample" if job.profiler_dir and
                job.profiler_dir.is_dir() else "no profiler/system.jsonl")
-        return Section("system", "System utilisation",
-                       _absent(job, f"system samples ({why})", HOW_TO["profiler"]))
+        return Section("system", "System utilisation", why=why, png=None)
     png = system_figure(job.system, job.steps, profiler_window(job.hyperparameters))
     cpu = [float(np.mean(s["cpu_percent"])) for s in job.system if s["cpu_percent"]]
     peak_core = max((max(s["cpu_percent"]) for s in job.system if s["cpu_percent"]),
@@ -452,78 +343,37 @@ def system_section(job: JobRecord) -> Section:
             f"{np.mean([g['utilization_percent'] for g in samples]):.0f} %"
         facts[f"GPU {index} memory peak"] = \
             f"{max(g['memory_percent'] for g in samples):.0f} %"
-    body = [img_tag(png, "CPU, memory, GPU and I/O over time"), _kv_table(facts, _text)]
-    if not gpus:
-        body.append('<p class="small">No GPU in this job: the GPU panel is left out.</p>')
-    return Section("system", "System utilisation", "\n".join(body))
+    return Section("system", "System utilisation", why="", png=png, facts=facts,
+                   gpus=bool(gpus))
 
 
 def operators_section(job: JobRecord, out: Path) -> Section:
-    body = []
-    if job.operators:
-        on_gpu = any(op.get("self_device_ms") for op in job.operators)
-        header = ["operator", "calls", "self CPU (ms)", "CPU total (ms)"] + \
-            (["self GPU (ms)"] if on_gpu else [])
-        rows = [[f"<code>{html.escape(str(op.get('name')))}</code>", _cell(op.get("calls")),
-                 f"{op.get('self_cpu_ms', 0):.1f}", f"{op.get('cpu_total_ms', 0):.1f}"] +
-                ([f"{op.get('self_device_ms', 0):.1f}"] if on_gpu else [])
-                for op in job.operators]
-        window = profiler_window(job.hyperparameters)
-        during = f" during global steps {window[0]}-{window[1]}" if window else ""
-        body += [f'<p class="caption">The operators with the most self time{during} '
-                 "(torch.profiler window).</p>", _table(header, rows, "numbers")]
-    else:
-        body.append(_absent(job, "torch.profiler window was recorded (no "
-                            "profiler/top_operators.json)", HOW_TO["operators"]))
+    on_gpu = any(op.get("self_device_ms") for op in job.operators)
+    header = ["operator", "calls", "self CPU (ms)", "CPU total (ms)"] + \
+        (["self GPU (ms)"] if on_gpu else [])
+    rows = [[str(op.get("name")), _cell(op.get("calls")), f"{op.get('self_cpu_ms', 0):.1f}",
+             f"{op.get('cpu_total_ms', 0):.1f}"] +
+            ([f"{op.get('self_device_ms', 0):.1f}"] if on_gpu else [])
+            for op in job.operators]
+    window = profiler_window(job.hyperparameters)
+    link, size = "", ""
     if job.torch_trace is not None:
-        link = Path(os.path.relpath(job.torch_trace.resolve(), out.resolve().parent))
-        size = job.torch_trace.stat().st_size / 1e6
-        body.append(f'<p>The full timeline: <a href="{html.escape(link.as_posix())}">'
-                    f"{html.escape(link.as_posix())}</a> ({size:.1f} MB). Open it in "
-                    '<a href="https://ui.perfetto.dev">ui.perfetto.dev</a> ("Open trace '
-                    'file") or chrome://tracing.</p>')
-    return Section("operators", "Top operators", "\n".join(body))
+        link = Path(os.path.relpath(job.torch_trace.resolve(), out.resolve().parent)).as_posix()
+        size = f"{job.torch_trace.stat().st_size / 1e6:.1f}"
+    return Section("operators", "Top operators", header=header, rows=rows,
+                   during=f" during global steps {window[0]}-{window[1]}" if window else "",
+                   trace_link=link, trace_mb=size)
 
 
 def settings_section(job: JobRecord) -> Section:
-    if job.description is None:
-        return Section("settings", "Hyperparameters and training facts",
-                       _note("No model.json: the hyperparameters and training facts are "
-                             "written with the model at the end of a successful job."))
-    blocks = [("Hyperparameters", _kv_table(job.hyperparameters, _text)),
-              ("Training facts", _kv_table(job.training, lambda v: html.escape(
-                  v if isinstance(v, str) else json.dumps(v))))]
-    if job.description.get("versions"):
-        blocks.append(("Versions", _kv_table(job.description["versions"], _text)))
-    body = "".join(f'<div class="block"><h3>{title}</h3>{table}</div>'
-                   for title, table in blocks)
-    return Section("settings", "Hyperparameters and training facts", body)
-
-
-STYLE = """
-body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:1.5em auto;
-  max-width:1320px;padding:0 1em;color:#222;line-height:1.4}
-h1{margin-bottom:.2em}h2{border-bottom:2px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
-h3{margin:.8em 0 .3em}
-nav{margin:.6em 0 1em;font-size:.95em}nav a{margin-right:1.2em}
-table{border-collapse:collapse;margin:.5em 0 1em;font-size:.92em}
-td,th{border:1px solid #ccc;padding:3px 8px;text-align:left;vertical-align:top}
-thead th{background:#f2f2f2}table.kv th{background:#fafafa;font-weight:normal;color:#444}
-table.wide td,table.numbers td{text-align:right}table.numbers td:first-child{text-align:left}
-table.rules td:nth-child(7){min-width:360px;max-width:560px}
-table.rules td:nth-child(8){max-width:320px}
-img{max-width:100%;display:block;margin:.5em 0}
-.status{display:inline-block;padding:1px 8px;border-radius:10px;font-weight:600;
-  font-size:.9em;white-space:nowrap}
-.status.ok{background:#dff3e1;color:#17652a}.status.issue{background:#fbdcdc;color:#a11b1b}
-.status.error{background:#ffe7c2;color:#8a4b00}.status.unknown{background:#eee;color:#555}
-.outcome{font-size:1.15em}.reason{font-weight:600;color:#a11b1b}
-.note{background:#f6f6f9;border-left:4px solid #99a;padding:.5em .8em;color:#444}
-.caption,.small{color:#555;font-size:.9em}.small{font-size:.85em}
-.sources{color:#888;font-size:.8em}
-.block{display:inline-block;vertical-align:top;margin-right:2.5em}
-code{background:#f3f3f3;padding:0 3px;border-radius:3px}
-"""
+    blocks = []
+    if job.description is not None:
+        blocks = [("Hyperparameters", job.hyperparameters),
+                  ("Training facts", {k: v if isinstance(v, str) else json.dumps(v)
+                                      for k, v in job.training.items()})]
+        if job.description.get("versions"):
+            blocks.append(("Versions", job.description["versions"]))
+    return Section("settings", "Hyperparameters and training facts", blocks=blocks)
 
 
 def build_report(out: Path, title: str, model_dir: Path | None = None,
@@ -535,19 +385,8 @@ def build_report(out: Path, title: str, model_dir: Path | None = None,
     sections = [rules_section(job), curves_section(job), norms_section(job),
                 step_time_section(job), system_section(job), operators_section(job, out),
                 settings_section(job)]
-    nav = "".join(f'<a href="#{s.anchor}">{html.escape(s.heading)}</a>' for s in sections)
-    body = "\n".join(f'<section id="{s.anchor}"><h2>{html.escape(s.heading)}</h2>\n{s.body}'
-                     "</section>" for s in sections)
-    page = f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>Training report: {html.escape(title)}</title>
-<style>{STYLE}</style>
-</head><body>
-<h1>Training report: {html.escape(title)}</h1>
-{summary_html(job)}
-<nav>{nav}</nav>
-{body}
-</body></html>
-"""
+    page = _ENVIRONMENT.get_template(TEMPLATE).render(job=job, summary=summary_of(job),
+                                                      sections=sections)
     out.parent.mkdir(parents=True, exist_ok=True)
     temporary = out.with_name(out.name + ".tmp")
     temporary.write_text(page)

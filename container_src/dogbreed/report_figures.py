@@ -4,8 +4,6 @@ when a plot is drawn so the rest of the report stays light."""
 
 from __future__ import annotations
 
-import base64
-import html
 import io
 import math
 from dataclasses import dataclass
@@ -41,11 +39,6 @@ def _png(figure) -> bytes:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=DPI)
     return buffer.getvalue()
-
-
-def img_tag(png: bytes, alt: str) -> str:
-    encoded = base64.b64encode(png).decode()
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{encoded}">'
 
 
 def _finite(values) -> np.ndarray:

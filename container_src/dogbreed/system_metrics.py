@@ -2,15 +2,14 @@
 
 Every `interval` seconds one JSON line goes to `system.jsonl`: CPU per core, memory,
 iowait, disk and network byte rates (psutil, over the interval just ended), and per GPU
-its utilisation and memory in use (NVML, read through ctypes: no NVML package is
-installed, and the driver's `libnvidia-ml.so.1` is what every GPU machine has). Without a
-GPU or the library the `gpus` list is empty; the sampler never fails the job. Each line is
-flushed as it is written, so a job that is killed keeps what was sampled.
+its utilisation and memory in use (NVML, through NVIDIA's binding `nvidia-ml-py`, module
+`pynvml`, which loads the driver's `libnvidia-ml.so.1`). Without a GPU or the driver the
+`gpus` list is empty; the sampler never fails the job. Each line is flushed as it is
+written, so a job that is killed keeps what was sampled.
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
 import json
 import threading
@@ -19,15 +18,7 @@ from pathlib import Path
 from typing import IO
 
 import psutil
-
-
-class _Utilization(ctypes.Structure):
-    _fields_ = [("gpu", ctypes.c_uint), ("memory", ctypes.c_uint)]
-
-
-class _Memory(ctypes.Structure):
-    _fields_ = [("total", ctypes.c_ulonglong), ("free", ctypes.c_ulonglong),
-                ("used", ctypes.c_ulonglong)]
+import pynvml
 
 
 def visible_gpus(count: int) -> list[int]:
@@ -46,47 +37,46 @@ def visible_gpus(count: int) -> list[int]:
 
 
 class Nvml:
-    """The few NVML calls the sampler needs. `Nvml.open()` is None without a GPU driver."""
+    """The few NVML calls the sampler needs, on an initialised NVML (`pynvml.nvmlInit`).
+    `Nvml.open()` is None without a GPU driver."""
 
-    def __init__(self, library: ctypes.CDLL):
-        self.lib = library
-        count = ctypes.c_uint()
-        self._check(self.lib.nvmlDeviceGetCount_v2(ctypes.byref(count)), "count devices")
-        self.handles = []
-        for index in visible_gpus(count.value):
-            handle = ctypes.c_void_p()
-            self._check(self.lib.nvmlDeviceGetHandleByIndex_v2(index, ctypes.byref(handle)),
-                        f"open device {index}")
-            self.handles.append((index, handle))
+    def __init__(self):
+        self.handles = [(index, pynvml.nvmlDeviceGetHandleByIndex(index))
+                        for index in visible_gpus(pynvml.nvmlDeviceGetCount())]
 
     @classmethod
     def open(cls) -> "Nvml | None":
         try:
-            library = ctypes.CDLL("libnvidia-ml.so.1")
-            if library.nvmlInit_v2() != 0:
-                return None
-            return cls(library)
-        except (OSError, AttributeError, RuntimeError):
+            pynvml.nvmlInit()  # NVMLError_LibraryNotFound without a driver
+        except pynvml.NVMLError:
+            return None
+        try:
+            return cls()
+        except pynvml.NVMLError:
+            _shutdown()
             return None
 
     def sample(self) -> list[dict]:
         gpus = []
         for index, handle in self.handles:
-            rates, memory = _Utilization(), _Memory()
-            if (self.lib.nvmlDeviceGetUtilizationRates(handle, ctypes.byref(rates)) != 0 or
-                    self.lib.nvmlDeviceGetMemoryInfo(handle, ctypes.byref(memory)) != 0):
+            try:
+                rates = pynvml.nvmlDeviceGetUtilizationRates(handle)
+                memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
+            except pynvml.NVMLError:
                 continue  # a device that stops answering is left out of this sample
             gpus.append({"index": index, "utilization_percent": float(rates.gpu),
                          "memory_percent": 100.0 * memory.used / max(memory.total, 1)})
         return gpus
 
     def close(self) -> None:
-        self.lib.nvmlShutdown()
+        _shutdown()
 
-    @staticmethod
-    def _check(code: int, what: str) -> None:
-        if code != 0:
-            raise RuntimeError(f"NVML could not {what} (error {code})")
+
+def _shutdown() -> None:
+    try:
+        pynvml.nvmlShutdown()
+    except pynvml.NVMLError:
+        pass  # the sampler never fails the job
 
 
 class SystemSampler:
