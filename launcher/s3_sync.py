@@ -1,21 +1,25 @@
 """Make an S3 prefix hold exactly the local split folders, judged by content, not size.
 
 Each object is written with one `put_object` carrying the file's SHA-256 twice: as the
-object's metadata `sha256` (hex), which is what later runs compare against, and as S3's
-additional checksum `ChecksumSHA256`, so that S3 itself refuses bytes damaged on the way.
-The ETag is never used: for a multipart upload it is not an MD5 of the content, and with
-SSE-KMS not even for a single part. The dataset's files are small (JPEGs of about 130 KB),
-so every file goes in a single part and a file is read once, hashed and sent from the same
-bytes: a file edited during the run is sent as one consistent version.
+object's metadata `sha256` (hex), the record later runs trust, and as S3's additional
+checksum `ChecksumSHA256`, so that S3 itself refuses bytes damaged on the way. The
+dataset's files are small (JPEGs of about 130 KB), so every file goes in a single part and
+a file is read once, hashed and sent from the same bytes: a file edited during the run is
+sent as one consistent version.
+
+Is an object already the local file? The listing gives each object's size and ETag. For a
+single-part upload without SSE-KMS the ETag is the MD5 of the content, so an ETag equal
+to the file's MD5 settles it with no further request. A multipart ETag (`<md5 of the
+parts' md5s>-<parts>`) or one under SSE-KMS is not an MD5 of the content and never equals
+the file's: then the object's `sha256` metadata decides (one `head_object`), and an object
+without it is sent again.
 
 `put_object` is atomic: an object appears under its key only when all its bytes arrived
 (and, with the checksum, arrived intact), so an interrupted run (Ctrl-C, lost connection)
 leaves no partial object, and the next run sends what is missing or different.
 
-A run with nothing to do lists the prefix once and, for each object whose size matches
-the local file, reads its metadata (`head_object`, in parallel) and hashes the local file;
-it sends nothing. Objects without our `sha256` metadata (from an older upload) are sent
-again once, since nothing else tells us their content.
+A run with nothing to do lists the prefix once and hashes the local files; it sends
+nothing and, in a bucket without SSE-KMS, makes no other request.
 """
 
 from __future__ import annotations
@@ -72,14 +76,16 @@ def local_files(root: Path, prefix: str) -> dict[str, Path]:
             for path in sorted((root / split).rglob("*")) if path.is_file()}
 
 
-def remote_sizes(s3, bucket: str, prefix: str) -> dict[str, int]:
-    """Key -> size of the objects under the split prefixes (what the channels would read)."""
+def remote_objects(s3, bucket: str, prefix: str) -> dict[str, tuple[int, str]]:
+    """Key -> (size, ETag without quotes) of the objects under the split prefixes (what
+    the channels would read)."""
     found = {}
     for split in SPLITS:
         pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket,
                                                              Prefix=f"{prefix}{split}/")
         for page in pages:
-            found.update({item["Key"]: item["Size"] for item in page.get("Contents", [])})
+            found.update({item["Key"]: (item["Size"], item["ETag"].strip('"'))
+                          for item in page.get("Contents", [])})
     return found
 
 
@@ -94,15 +100,18 @@ def sync(root: Path, s3_uri: str, s3, delete: bool = False, workers: int = WORKE
     """
     bucket, prefix = split_uri(s3_uri)
     files = local_files(root, prefix)
-    present = remote_sizes(s3, bucket, prefix)
+    present = remote_objects(s3, bucket, prefix)
     result = SyncResult()
 
     def settle(key: str) -> tuple[str, bool, int]:
         """Send one file unless its object already holds the same bytes."""
         path = files[key]
         body = path.read_bytes()
+        size, etag = present.get(key, (None, ""))
+        if size == len(body) and etag == hashlib.md5(body, usedforsecurity=False).hexdigest():
+            return key, False, len(body)  # the common case of a run with nothing to do
         digest = hashlib.sha256(body)
-        if present.get(key) == len(body):
+        if size == len(body):
             head = s3.head_object(Bucket=bucket, Key=key)
             if head.get("Metadata", {}).get("sha256") == digest.hexdigest():
                 return key, False, len(body)

@@ -216,3 +216,32 @@ def test_the_cli_uploads_and_deletes(moto, s3, bucket, data, tmp_path):
     assert (f"uploaded 0 file(s) / 0.0 MB to s3://{bucket}/proj/data, unchanged "
             f"{len(files) - gone}, extra {gone} deleted") in second.stdout
     assert sorted(objects(s3, bucket, "proj/data/")) == sorted(local(data))
+
+
+def test_an_etag_that_is_no_md5_falls_back_to_the_sha256_metadata(s3, bucket, data):
+    """Multipart uploads (and SSE-KMS) give ETags that are not the content's MD5: the
+    object's sha256 metadata decides, and an object without it is sent again."""
+    files = local(data)
+    sync(data, f"s3://{bucket}/data", s3)
+    with_metadata, without = sorted(files)[:2]
+
+    def multipart(name: str, body: bytes, metadata: dict[str, str]) -> None:
+        key = f"data/{name}"
+        upload = s3.create_multipart_upload(Bucket=bucket, Key=key, Metadata=metadata)
+        part = s3.upload_part(Bucket=bucket, Key=key, PartNumber=1, Body=body,
+                              UploadId=upload["UploadId"])
+        s3.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload["UploadId"],
+                                     MultipartUpload={"Parts": [{"ETag": part["ETag"],
+                                                                 "PartNumber": 1}]})
+        assert s3.head_object(Bucket=bucket, Key=key)["ETag"].strip('"').endswith("-1")
+
+    for name in (with_metadata, without):
+        body = files[name].read_bytes()
+        multipart(name, body, {} if name == without else
+                  {"sha256": hashlib.sha256(body).hexdigest()})
+    before = writes(s3, bucket)
+    again = sync(data, f"s3://{bucket}/data", s3)
+    assert (again.sent, again.unchanged) == (1, len(files) - 1)
+    assert writes(s3, bucket) == before + Counter([f"data/{without}"])
+    assert s3.head_object(Bucket=bucket, Key=f"data/{without}")["Metadata"]["sha256"] == \
+        hashlib.sha256(files[without].read_bytes()).hexdigest()
