@@ -11,11 +11,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from conftest import FAST_HYPERPARAMETERS, channels_of, run_job
+from conftest import FAST_HYPERPARAMETERS, channels_of, free_port, run_job
 from dogbreed.gpu_check import (HostGpus, compat_dir, host_gpus, kernel_driver_version,
                                 torch_cuda_version, unusable_gpu_reason)
 
@@ -127,3 +128,39 @@ def test_a_training_job_on_a_gpu_host_it_cannot_use_fails_with_the_reason(sample
                               "torch's CUDA 13.0 needs driver >= 580")
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "job" / "model" / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("multi_model", [False, True])
+def test_serve_on_a_gpu_host_it_cannot_use_exits_with_the_reason(trained_model, tmp_path,
+                                                                 multi_model):
+    """An endpoint once answered from the CPU of a GPU instance without a word."""
+    bin_dir = tmp_path / "bin"
+    fake_nvidia_smi(bin_dir, "\n".join([A10G_535] * 4))
+    if multi_model:
+        (tmp_path / "models").mkdir()
+    else:
+        (tmp_path / "model").symlink_to(trained_model)
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}",
+               SAGEMAKER_BASE_DIR=str(tmp_path), SAGEMAKER_BIND_TO_PORT=str(free_port()),
+               SAGEMAKER_MULTI_MODEL=str(multi_model).lower())
+    result = subprocess.run([sys.executable, "-m", "dogbreed.serve"], env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.stderr.strip() == (
+        "ERROR the host has 4 GPU(s) (NVIDIA A10G, driver 535.104.05) but torch's CUDA 13.0 "
+        "needs driver >= 580, and the image's CUDA forward-compatibility libraries could not "
+        "bridge it (none in the image, or a GPU that does not support them): use an instance "
+        "type or AMI with a newer driver (endpoints: serving.inference_ami_version), or build "
+        "the images with older CUDA wheels "
+        "(make build TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128)")
+    assert "serving on port" not in result.stdout
+
+
+def test_the_model_server_is_told_the_gpus_torch_can_use(tmp_path):
+    from dogbreed.serve import ServeSettings, write_mms_config
+    settings = ServeSettings(port=8080, workers=2, timeout_seconds=60,
+                             max_payload_bytes=6 << 20, multi_model=False, startup_timeout=60,
+                             model_dir=tmp_path / "model", runtime_dir=tmp_path / "runtime")
+    for gpus in (0, 4):
+        written = write_mms_config(replace(settings, gpus=gpus), 20001).read_text()
+        assert f"\nnumber_of_gpu={gpus}\n" in written

@@ -12,9 +12,10 @@ a job would train on the CPU of a GPU instance, billed at GPU prices. So:
 2. After torch is imported, `unusable_gpu_reason` says why, in one line, when the host
    shows GPUs that torch cannot use: the training job fails with it and `serve` exits.
 
-No torch import here: the entrypoint runs it before every start.
+No torch import at module level: the entrypoint runs it before every start.
 
     python -m dogbreed.gpu_check compat-dir    # prints a folder or nothing
+    python -m dogbreed.gpu_check usable        # GPUs torch can use, or exit 1 with why
     python -m dogbreed.gpu_check report        # what was found, for a person
 """
 
@@ -166,11 +167,20 @@ def main(argv: list[str]) -> int:
                   f"(>= {minimum_driver(cuda)}): using the forward-compatibility libraries "
                   f"in {folder}", file=sys.stderr)
         return 0
+    if command == "usable":
+        try:
+            require_usable_gpus()
+        except GpuUnusable as error:
+            print(error, file=sys.stderr)
+            return 1
+        import torch
+        print(torch.cuda.device_count())
+        return 0
     if command == "report":
         print(f"host: {gpus.describe() if gpus.count else 'no NVIDIA GPU'}; torch CUDA: "
               f"{cuda or 'none'} (needs driver >= {minimum_driver(cuda) or '-'})")
         return 0
-    print("usage: python -m dogbreed.gpu_check [compat-dir|report]", file=sys.stderr)
+    print("usage: python -m dogbreed.gpu_check [compat-dir|usable|report]", file=sys.stderr)
     return 2
 
 

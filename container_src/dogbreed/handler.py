@@ -48,6 +48,7 @@ def model_fn(model_dir: str, context=None) -> BreedClassifier:
     if torch.cuda.is_available():  # MMS spreads workers over the GPUs: use the one given
         properties = getattr(context, "system_properties", None) or {}
         device = f"cuda:{properties.get('gpu_id') or 0}"
+        torch.cuda.set_device(device)  # this worker's kernels and allocations stay there
     _share_cores_between_workers()
     classifier = BreedClassifier.load(model_dir, device=device)
     classifier.warm_up()  # the first real request must not pay for torch's first run

@@ -78,9 +78,12 @@ class BreedClassifier:
         batch = torch.stack([self.preprocess(image) for image in images]).to(self.device)
         probabilities = torch.softmax(self.model(batch).float(), dim=1)
         values, indices = probabilities.topk(min(top_k, len(self.class_names)), dim=1)
-        return [[{"label": self.class_names[index], "class_id": index,
+        # One device-to-host copy for the whole batch (float32 holds class ids exactly),
+        # not two per row: on a GPU each copy is a synchronisation.
+        values, indices = torch.stack((values, indices.float())).cpu().tolist()
+        return [[{"label": self.class_names[int(index)], "class_id": int(index),
                   "probability": round(value, 6)}
-                 for value, index in zip(row_values.tolist(), row_indices.tolist())]
+                 for value, index in zip(row_values, row_indices)]
                 for row_values, row_indices in zip(values, indices)]
 
 
@@ -112,13 +115,20 @@ def _read_description(model_dir: Path) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m dogbreed.predictor MODEL_DIR`: load the artifact once, as serving will, and
-    print a JSON summary (or the reason it cannot load, exit 1). `serve` runs this in a
+    print a JSON summary (or the reason it cannot load, or that the host's GPUs are
+    unusable, exit 1). `serve` runs this in a
     child process so that the front process itself never holds torch or the weights."""
     import sys
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
         print("usage: python -m dogbreed.predictor MODEL_DIR", file=sys.stderr)
         return 2
+    from dogbreed.gpu_check import GpuUnusable, require_usable_gpus
+    try:
+        require_usable_gpus()
+    except GpuUnusable as error:
+        print(json.dumps({"error": str(error), "gpu_unusable": True}))
+        return 1
     try:
         classifier = BreedClassifier.load(args[0])
     except ModelLoadError as error:

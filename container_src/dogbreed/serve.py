@@ -91,6 +91,7 @@ class ServeSettings:
     model_dir: Path
     runtime_dir: Path
     runtime_dir_is_temporary: bool = False
+    gpus: int = 0  # that torch can use: MMS gives each worker one (gpu_id), round robin
 
     @classmethod
     def from_environment(cls) -> "ServeSettings":
@@ -132,16 +133,22 @@ def check_model(model_dir: Path) -> dict:
     except (ValueError, IndexError):
         raise ServeError(f"cannot serve the model in {model_dir}: the check crashed: "
                          f"{result.stderr.strip()[-800:]}") from None
+    if result.returncode != 0 and summary.get("gpu_unusable"):
+        raise ServeError(summary["error"])
     if result.returncode != 0:
         raise ServeError(f"cannot serve the model in {model_dir}: {summary['error']}")
     return summary
 
 
 def gpu_count() -> int:
-    result = subprocess.run([sys.executable, "-c",
-                             "import torch; print(torch.cuda.device_count())"],
+    """GPUs torch can use (a child process: this one never imports torch); a host whose
+    GPUs torch cannot use is an error, not a CPU endpoint billed at GPU prices."""
+    result = subprocess.run([sys.executable, "-m", "dogbreed.gpu_check", "usable"],
                             capture_output=True, text=True)
-    return int(result.stdout.strip() or 0) if result.returncode == 0 else 0
+    if result.returncode != 0:
+        raise ServeError(result.stderr.strip().splitlines()[-1] if result.stderr.strip()
+                         else f"the GPU check failed (exit {result.returncode})")
+    return int(result.stdout.strip())
 
 
 def write_mms_config(settings: ServeSettings, internal_port: int) -> Path:
@@ -154,6 +161,9 @@ def write_mms_config(settings: ServeSettings, internal_port: int) -> Path:
         "load_models": "" if settings.multi_model else f"{SINGLE_MODEL_NAME}={settings.model_dir}",
         "default_service_handler": HANDLER_SERVICE,
         "default_workers_per_model": settings.workers,
+        # MMS would count GPUs with nvidia-smi itself; torch's count is the one that holds
+        # (CUDA_VISIBLE_DEVICES), and 0 on a CPU host means no worker is given a gpu_id.
+        "number_of_gpu": settings.gpus,
         "default_response_timeout_seconds": settings.timeout_seconds,
         # MMS refuses bodies over this before they reach Python; a little over our limit,
         # so the handler's 413 with its message is what clients normally see.
@@ -669,6 +679,7 @@ def serve(settings: ServeSettings) -> int:
         print(f"model ok: {summary['classes']} classes, image size {summary['image_size']}",
               flush=True)
         gpus = summary["gpus"]
+    settings = replace(settings, gpus=gpus)
     if settings.workers == 0:
         settings = replace(settings, workers=default_workers(gpus))
     backend = ModelServer(settings)
