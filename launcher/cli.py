@@ -10,9 +10,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from launcher.backends import NAMES as BACKENDS
 from launcher.debugging import add_debugging_options
 
-BACKENDS = ("process", "local", "sagemaker")
 BACKEND_HELP = ("where it runs: process (local processes, no Docker or AWS; default), local "
                 "(our images under SageMaker local mode; needs Docker), sagemaker (AWS)")
 

@@ -300,12 +300,13 @@ class Config(_Section):
         """Built from the training program's log names; never written by hand."""
         return [dict(definition) for definition in METRIC_DEFINITIONS]
 
-    def image(self, kind: Literal["train", "serve"], backend: str) -> str:
-        """The image URI for a backend: the config, else what `make push` or `make build` made."""
+    def image(self, kind: Literal["train", "serve"], local: bool = False) -> str:
+        """The image URI: the config, else what `make build` made (`local`: SageMaker
+        local mode runs the image built here) or what `make push` pushed."""
         configured = getattr(self.images, kind)
         if configured:
             return configured
-        if backend == "local":
+        if local:
             return f"dogbreed-{kind}:latest"
         if IMAGES_FILE.is_file():
             try:

@@ -27,7 +27,7 @@ def main(argv: list[str]) -> int:
     session = local_session(Path(workdir), serving_port=int(port))
     predictor = None
     try:
-        predictor = deploy_endpoint(config, session, "local", model_data, name)
+        predictor = deploy_endpoint(config, session, model_data, name, local=True)
         print(f"local-mode endpoint {name} is in service on port {port}", flush=True)
         Path(ready_file).touch()
         while not stop.wait(1):
@@ -40,7 +40,7 @@ def main(argv: list[str]) -> int:
                 predictor.delete_endpoint()
         finally:
             # Also after a failed deploy: its container would keep the port.
-            remove_containers(config.image("serve", "local"), f"{ENDPOINT_VARIABLE}={name}")
+            remove_containers(config.image("serve", local=True), f"{ENDPOINT_VARIABLE}={name}")
     return 0
 
 

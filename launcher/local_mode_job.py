@@ -45,7 +45,7 @@ def remove_containers(image: str, variable: str) -> None:
 def main(argv: list[str]) -> int:
     config_path, name, hyperparameters_file, data_dir, output_dir = argv
     config = load_config(config_path)
-    image = config.image("train", "local")
+    image = config.image("train", local=True)
 
     def stop(signum, frame):
         containers = containers_with(image, f"TRAINING_JOB_NAME={name}")

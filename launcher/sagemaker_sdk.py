@@ -112,13 +112,13 @@ def sagemaker_session(config: Config, workdir: Path):
 ECR_URI = re.compile(r"^\d{12}\.dkr\.ecr(?:-fips)?\.([a-z0-9-]+)\.amazonaws\.com(?:\.cn)?/")
 
 
-def image_uri(config: Config, kind: str, backend: str, session) -> str:
-    """The image for a job or endpoint; on SageMaker it must be in the session's region,
-    since SageMaker pulls from ECR in its own region only (and `make push` may have used
-    another default region than the config)."""
-    uri = config.image(kind, backend)
+def image_uri(config: Config, kind: str, local: bool, session) -> str:
+    """The image for a job or endpoint (`local`: SageMaker local mode); on SageMaker it
+    must be in the session's region, since SageMaker pulls from ECR in its own region only
+    (and `make push` may have used another default region than the config)."""
+    uri = config.image(kind, local=local)
     found = ECR_URI.match(uri)
-    if backend == "sagemaker" and found and found.group(1) != session.boto_region_name:
+    if not local and found and found.group(1) != session.boto_region_name:
         raise LauncherError(
             f"the {kind} image {uri} is in {found.group(1)}, but jobs run in "
             f"{session.boto_region_name}: push it there (`make push REGION="
@@ -133,7 +133,7 @@ def short_error(error: Exception) -> str:
 
 # ---- training ---------------------------------------------------------------------------
 
-def estimator(config: Config, session, backend: str, hyperparameters: Mapping[str, Any],
+def estimator(config: Config, session, local: bool, hyperparameters: Mapping[str, Any],
               output_path: str, base_job_name: str = "dogbreed",
               checkpoint_job: str | None = None):
     """Our training image as an Estimator; SageMaker passes hyperparameters as strings.
@@ -145,7 +145,9 @@ def estimator(config: Config, session, backend: str, hyperparameters: Mapping[st
     from sagemaker.estimator import Estimator
     training = config.training
     options: dict[str, Any] = {}
-    if backend == "sagemaker":
+    if local:
+        options.update(instance_type="local", instance_count=training.instance_count)
+    else:
         options.update(instance_type=training.instance_type,
                        instance_count=training.instance_count,
                        volume_size=training.volume_size_gb, max_run=training.max_run_seconds)
@@ -156,10 +158,8 @@ def estimator(config: Config, session, backend: str, hyperparameters: Mapping[st
             base = (training.checkpoint_s3_uri or f"{config.s3_prefix()}/checkpoints")
             options["checkpoint_s3_uri"] = f"{base.rstrip('/')}/{checkpoint_job}"
         options.update(locked_down_training(config))
-    else:
-        options.update(instance_type="local", instance_count=training.instance_count)
     return Estimator(
-        image_uri=image_uri(config, "train", backend, session), role=config.aws.role_arn or
+        image_uri=image_uri(config, "train", local, session), role=config.aws.role_arn or
         "arn:aws:iam::123456789012:role/LocalMode", output_path=output_path,
         sagemaker_session=session, base_job_name=base_job_name,
         hyperparameters={key: str(value) for key, value in hyperparameters.items()},
@@ -212,14 +212,14 @@ def fit_local(config: Config, workdir: Path, job_name: str, hyperparameters: Map
     """One local-mode training job; the containers' output streams to stdout."""
     session = local_session(workdir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    job = estimator(config, session, "local", hyperparameters, f"file://{output_dir.resolve()}")
+    job = estimator(config, session, True, hyperparameters, f"file://{output_dir.resolve()}")
     job.fit({name: f"file://{Path(path).resolve()}" for name, path in channels.items()},
             job_name=job_name, logs="All")
 
 
 def start_training(config: Config, session, job_name: str,
                    hyperparameters: Mapping[str, Any]) -> str:
-    job = estimator(config, session, "sagemaker", hyperparameters,
+    job = estimator(config, session, False, hyperparameters,
                     f"{config.s3_prefix()}/jobs", checkpoint_job=job_name)
     job.fit(s3_channels(config, session), job_name=job_name, wait=False)
     return job_name
@@ -264,7 +264,7 @@ def start_tuning(config: Config, session, tuning_job_name: str,
     tuning = config.tuning
     static = {key: value for key, value in static_hyperparameters.items()
               if key not in tuning.ranges}
-    base = estimator(config, session, "sagemaker", static, f"{config.s3_prefix()}/jobs")
+    base = estimator(config, session, False, static, f"{config.s3_prefix()}/jobs")
     strategy_config = None
     if tuning.strategy == "Hyperband":
         epochs = int(static.get("epochs", 10))
@@ -324,17 +324,17 @@ def serving_environment(config: Config) -> dict[str, str]:
     return env
 
 
-def deploy_endpoint(config: Config, session, backend: str, model_data: str, name: str,
-                    wait: bool = True):
-    """Model + endpoint config + endpoint on our serving image; returns the SDK Predictor."""
+def deploy_endpoint(config: Config, session, model_data: str, name: str,
+                    wait: bool = True, local: bool = False):
+    """Model + endpoint config + endpoint on our serving image (`local`: SageMaker local
+    mode); returns the SDK Predictor."""
     from sagemaker.model import Model
     from sagemaker.predictor import Predictor
     env = serving_environment(config)
-    if backend == "local":
-        env[ENDPOINT_VARIABLE] = name
     serving = config.serving
     model_options: dict[str, Any] = {}
-    if backend == "local":
+    if local:
+        env[ENDPOINT_VARIABLE] = name
         options: dict[str, Any] = {"instance_type": "local"}
     else:
         # The security options: SageMaker only, as for training (see locked_down_training).
@@ -343,7 +343,7 @@ def deploy_endpoint(config: Config, session, backend: str, model_data: str, name
         options = {"instance_type": serving.instance_type, "kms_key": serving.volume_kms_key}
         if serving.ami_version:  # a driver that runs the image's CUDA
             options["inference_ami_version"] = serving.ami_version
-    model = Model(image_uri=image_uri(config, "serve", backend, session), model_data=model_data,
+    model = Model(image_uri=image_uri(config, "serve", local, session), model_data=model_data,
                   role=config.aws.role_arn or "arn:aws:iam::123456789012:role/LocalMode",
                   sagemaker_session=session, predictor_cls=Predictor, name=name, env=env,
                   **model_options)

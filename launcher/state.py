@@ -59,3 +59,17 @@ def update_state(workdir: Path, **changes: Any) -> dict[str, Any]:
     with locked_state(workdir) as state:
         state.update(changes)
     return state
+
+
+def remember_endpoint(workdir: Path, name: str, record: dict[str, Any]) -> None:
+    """Record an endpoint (before it exists, where a failed start leaves things to remove)."""
+    with locked_state(workdir) as state:
+        state["endpoints"][name] = record
+        state["last_endpoint"] = name
+
+
+def forget_endpoint(workdir: Path, name: str) -> None:
+    with locked_state(workdir) as state:
+        state["endpoints"].pop(name, None)
+        if state.get("last_endpoint") == name:
+            state.pop("last_endpoint")

@@ -106,13 +106,13 @@ def test_missing_and_wrongly_named_config_files(tmp_path):
 def test_image_uris_come_from_the_config_or_make_push(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     config = Config()
-    assert config.image("train", "local") == "dogbreed-train:latest"
+    assert config.image("train", local=True) == "dogbreed-train:latest"
     with pytest.raises(LauncherError, match="run `make build push`"):
-        config.image("train", "sagemaker")
+        config.image("train")
     (tmp_path / "build").mkdir()
     uri = "123456789012.dkr.ecr.us-east-1.amazonaws.com/dogbreed-train:v1"
     (tmp_path / "build" / "images.json").write_text(json.dumps({"train": uri}))
-    assert config.image("train", "sagemaker") == uri
+    assert config.image("train") == uri
     configured = Config.model_validate({"images": {"serve": "my/serve:1"}})
     assert configured.image("serve", "sagemaker") == "my/serve:1"
 
