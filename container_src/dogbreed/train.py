@@ -14,7 +14,7 @@ import random
 import signal
 import sys
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -123,10 +123,53 @@ def _train() -> int:
 
 
 def run_job(env: JobEnvironment, hp: Hyperparameters, context: DistContext) -> int:
+    """The recipe: set up, resume, train epoch by epoch, finish."""
     stop_signal = _catch_sigterm()
     use_deterministic_algorithms(hp)
     _seed_everything(hp.seed + context.rank)
     _log(f"dogbreed training: {hp.as_dict()}", context)
+    job = set_up(env, hp, context)
+    progress = resume(env.paths, hp, job.channels["train"].class_folders, job.training,
+                      context)
+    state = TrainState(model=wrap_for_ddp(job.training.model, hp, context),
+                       optimizer=job.training.optimizer, epochs=hp.epochs,
+                       rank=context.rank, world_size=context.world_size,
+                       epoch=progress.epoch, global_step=progress.global_step,
+                       history=progress.history)
+    callbacks = CallbackList([ProgressLogger()] + extra_callbacks(hp, env, context))
+    _log(f"callbacks: {describe(callbacks.callbacks)}", context)
+    callbacks.on_train_begin(state)
+    try:  # the hooks close their files also when training fails or is interrupted
+        train_epochs(env, hp, context, job, progress, state, callbacks, stop_signal)
+    finally:
+        callbacks.on_train_end(state)
+    if context.is_main:
+        finish(env, hp, context, job, state, progress)
+    return EXIT_FAILED if progress.early_stop.stopped_by_callback else 0
+
+
+@dataclass
+class TrainingObjects:
+    """What a checkpoint saves and restores, besides the loop's own state."""
+    model: torch.nn.Module  # unwrapped (not the DDP wrapper)
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    precision: Precision
+
+
+@dataclass
+class Job:
+    """Everything set up before the first step: the data, its loaders and the model."""
+    channels: dict[str, Channel]
+    preprocessing: dict
+    train_loader: DataLoader
+    valid_loader: DataLoader
+    num_workers: int
+    criterion: torch.nn.Module
+    training: TrainingObjects
+
+
+def set_up(env: JobEnvironment, hp: Hyperparameters, context: DistContext) -> Job:
     channels = shared_channels(env.channels, context)
     preprocessing = eval_preprocessing(hp.image_size)
     precision = choose_precision(hp, context)
@@ -135,7 +178,6 @@ def run_job(env: JobEnvironment, hp: Hyperparameters, context: DistContext) -> i
                                num_workers, shuffle=True)
     valid_loader = make_loader(channels["valid"], eval_transform(preprocessing), hp, context,
                                num_workers, shuffle=False)
-
     if hp.pretrained == "none" and hp.trainable != "all":
         _log(f"WARNING pretrained=none with trainable={hp.trainable}: the frozen layers keep "
              "their random weights; use trainable=all to train from scratch", context)
@@ -145,38 +187,39 @@ def run_job(env: JobEnvironment, hp: Hyperparameters, context: DistContext) -> i
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=hp.epochs,
                                                            eta_min=hp.lr * 0.01)
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=hp.label_smoothing)
-    training = TrainingObjects(model, optimizer, scheduler, precision)
     _log(f"device {context.device}, {context.world_size} worker(s), precision "
          f"{precision.dtype or 'fp32'}, channels_last {precision.channels_last}, "
          f"loader workers {num_workers}, batch size {hp.batch_size} per worker, "
          f"{len(channels['train'].samples)} train / {len(channels['valid'].samples)} valid "
          f"images, {len(channels['train'].class_folders)} classes", context)
+    return Job(channels, preprocessing, train_loader, valid_loader, num_workers, criterion,
+               TrainingObjects(model, optimizer, scheduler, precision))
 
-    progress = resume(env.paths, hp, channels["train"].class_folders, training, context)
+
+def wrap_for_ddp(model: torch.nn.Module, hp: Hyperparameters,
+                 context: DistContext) -> torch.nn.Module:
+    """The model the loop steps: DDP's wrapper when there are several workers."""
+    if not context.enabled:
+        return model
     # Gradients as views into DDP's buckets (no copy, less memory); no buffer broadcast
     # before every forward pass: BatchNorm statistics are synced before evaluation.
-    network = (DistributedDataParallel(model, device_ids=[context.device.index]
-                                       if context.device.type == "cuda" else None,
-                                       gradient_as_bucket_view=True, broadcast_buffers=False)
-               if context.enabled else model)
-    if context.enabled and hp.gradient_compression == "bf16":
+    network = DistributedDataParallel(model, device_ids=[context.device.index]
+                                      if context.device.type == "cuda" else None,
+                                      gradient_as_bucket_view=True, broadcast_buffers=False)
+    if hp.gradient_compression == "bf16":
         # Half the bytes on the wire between hosts, gradients rounded to bf16 for the sum.
         network.register_comm_hook(None, default_hooks.bf16_compress_hook)
-    state = TrainState(model=network, optimizer=optimizer, epochs=hp.epochs,
-                       rank=context.rank, world_size=context.world_size,
-                       epoch=progress["epoch"], global_step=progress["global_step"],
-                       history=progress["history"])
-    callbacks = CallbackList([ProgressLogger()] + extra_callbacks(hp, env, context))
-    _log(f"callbacks: {describe(callbacks.callbacks)}", context)
-    callbacks.on_train_begin(state)
+    return network
 
-    early_stop = progress["early_stop"]
-    sums = progress["sums"]
-    sampler: EpochSampler = train_loader.sampler
-    stopped_early = early_stop.get("stopped_early")
-    # A debugger rule's stop action: the job ends as failed, also when resumed.
-    stopped_by_callback = bool(early_stop.get("stopped_by_callback"))
 
+def train_epochs(env: JobEnvironment, hp: Hyperparameters, context: DistContext, job: Job,
+                 progress: "Progress", state: TrainState, callbacks: CallbackList,
+                 stop_signal: "_StopSignal") -> None:
+    """Epochs until the last one, early stopping, a rule's stop or SIGTERM (checkpoint
+    saved, TrainingInterrupted raised). A checkpoint after every epoch."""
+    early_stop = progress.early_stop
+    model = job.training.model
+    sampler: EpochSampler = job.train_loader.sampler
     vote = StepVote(context)
 
     def stop_now() -> bool:
@@ -184,58 +227,59 @@ def run_job(env: JobEnvironment, hp: Hyperparameters, context: DistContext) -> i
         votes = vote([float(stop_signal.requested()), float(state.stop_reason is not None)])
         return votes is not None and any(value > 0 for value in votes)
 
-    try:  # the hooks close their files also when training fails or is interrupted
-        while state.epoch <= hp.epochs and not stopped_early:
-            sampler.set_epoch(state.epoch, start=sums.step * hp.batch_size)
-            cut_short = train_one_epoch(state, train_loader, criterion, precision, context,
-                                        callbacks, sums, stop_now)
-            vote.drain()
-            sigterm, callback_stop = agreed_stop(stop_signal, state, context) if cut_short \
-                else (False, False)
-            if sigterm:
-                sums = reduce_epoch_sums(sums, context)
-                save_progress(env.paths, hp, channels, training, state, sums, early_stop, context)
-                raise TrainingInterrupted(f"SIGTERM during epoch {state.epoch} after step "
-                                          f"{sums.step}; checkpoint saved, a restarted job resumes")
-            if callback_stop:
-                stopped_early, stopped_by_callback = _stop_reason(state), True
-                _log(f"stopping early during epoch {state.epoch}: {stopped_early}", context)
-                break
-            epoch_metrics = reduce_epoch_sums(sums, context).metrics()
-            sync_buffers(model, context)
-            valid_loss, valid_accuracy, _ = evaluate(model, valid_loader, precision, context,
-                                                     distributed=True)
-            epoch_metrics.update(valid_loss=valid_loss, valid_accuracy=valid_accuracy)
-            _log(metrics.format_epoch_line(state.epoch, epoch_metrics), context)
-            state.history.append({"epoch": state.epoch, **epoch_metrics})
-            _update_early_stop(early_stop, state.epoch, valid_loss, model, env.paths, context)
-            callbacks.on_epoch_end(state, epoch_metrics)
-            scheduler.step()
-            state.epoch += 1
-            sums = EpochSums()
-            sigterm, callback_stop = agreed_stop(stop_signal, state, context)
-            if callback_stop:
-                stopped_early, stopped_by_callback = _stop_reason(state), True
-            elif hp.patience and early_stop["bad_epochs"] >= hp.patience:
-                stopped_early = (f"valid_loss did not improve for {hp.patience} epoch(s) "
-                                 f"(best {early_stop['best_valid_loss']:.4f} at epoch "
-                                 f"{early_stop['best_epoch']})")
-            early_stop["stopped_early"] = stopped_early  # a resumed job must not train on
-            early_stop["stopped_by_callback"] = stopped_by_callback
-            save_progress(env.paths, hp, channels, training, state, sums, early_stop, context)
-            if stopped_early:
-                _log(f"stopping early: {stopped_early}", context)
-            elif sigterm and state.epoch <= hp.epochs:
-                raise TrainingInterrupted(f"SIGTERM after epoch {state.epoch - 1}; checkpoint "
-                                          "saved, a restarted job resumes")
-    finally:
-        callbacks.on_train_end(state)
+    def save() -> None:
+        save_progress(env.paths, hp, job.channels, job.training, state, progress.sums,
+                      early_stop, context)
 
-    if context.is_main:
-        finish(env, hp, channels, model, preprocessing, precision, context, state,
-               early_stop, progress["resumed_from"], stopped_early, num_workers,
-               failure=stopped_early if stopped_by_callback else None)
-    return EXIT_FAILED if stopped_by_callback else 0
+    while state.epoch <= hp.epochs and not early_stop.stopped_early:
+        sampler.set_epoch(state.epoch, start=progress.sums.step * hp.batch_size)
+        cut_short = train_one_epoch(state, job.train_loader, job.criterion,
+                                    job.training.precision, context, callbacks,
+                                    progress.sums, stop_now)
+        vote.drain()
+        sigterm, callback_stop = agreed_stop(stop_signal, state, context) if cut_short \
+            else (False, False)
+        if sigterm:
+            progress.sums = reduce_epoch_sums(progress.sums, context)
+            save()
+            raise TrainingInterrupted(f"SIGTERM during epoch {state.epoch} after step "
+                                      f"{progress.sums.step}; checkpoint saved, a restarted "
+                                      "job resumes")
+        if callback_stop:
+            early_stop.stop(_stop_reason(state), by_callback=True)
+            _log(f"stopping early during epoch {state.epoch}: {early_stop.stopped_early}",
+                 context)
+            return
+        epoch_metrics = reduce_epoch_sums(progress.sums, context).metrics()
+        sync_buffers(model, context)
+        valid_loss, valid_accuracy, _ = evaluate(model, job.valid_loader,
+                                                 job.training.precision, context,
+                                                 distributed=True)
+        epoch_metrics.update(valid_loss=valid_loss, valid_accuracy=valid_accuracy)
+        _log(metrics.format_epoch_line(state.epoch, epoch_metrics), context)
+        state.history.append({"epoch": state.epoch, **epoch_metrics})
+        if early_stop.record(state.epoch, valid_loss) and context.is_main:
+            # Written before the checkpoint that names it: a kill between the two never
+            # pairs a checkpoint with another epoch's weights.
+            checkpoint.save_weights(env.paths.checkpoints / early_stop.best_file,
+                                    model.state_dict())
+        callbacks.on_epoch_end(state, epoch_metrics)
+        job.training.scheduler.step()
+        state.epoch += 1
+        progress.sums = EpochSums()
+        sigterm, callback_stop = agreed_stop(stop_signal, state, context)
+        if callback_stop:
+            early_stop.stop(_stop_reason(state), by_callback=True)
+        elif hp.patience and early_stop.bad_epochs >= hp.patience:
+            early_stop.stop(f"valid_loss did not improve for {hp.patience} epoch(s) "
+                            f"(best {early_stop.best_valid_loss:.4f} at epoch "
+                            f"{early_stop.best_epoch})")
+        save()  # with the stop decision: a resumed job must not train on
+        if early_stop.stopped_early:
+            _log(f"stopping early: {early_stop.stopped_early}", context)
+        elif sigterm and state.epoch <= hp.epochs:
+            raise TrainingInterrupted(f"SIGTERM after epoch {state.epoch - 1}; checkpoint "
+                                      "saved, a restarted job resumes")
 
 
 def agreed_stop(stop_signal: "_StopSignal", state: TrainState,
@@ -340,16 +384,50 @@ def make_optimizer(model: torch.nn.Module, hp: Hyperparameters) -> torch.optim.O
 
 
 @dataclass
-class TrainingObjects:
-    """What a checkpoint saves and restores, besides the loop's own state."""
-    model: torch.nn.Module  # unwrapped (not the DDP wrapper)
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    precision: Precision
+class EarlyStopping:
+    """The best epoch so far and whether (and why) training stopped before its last
+    epoch; saved in every checkpoint (`state_dict`), so a resumed job neither forgets its
+    best epoch nor trains on after a stop."""
+    best_valid_loss: float = math.inf
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    best_file: str | None = None  # the best epoch's weights, in checkpoints/
+    stopped_early: str | None = None  # why training stopped early
+    stopped_by_callback: bool = False  # a debugger rule's stop: the job ends as failed
+
+    def record(self, epoch: int, valid_loss: float) -> bool:
+        """Count an epoch; True when it is the new best (its weights must be saved)."""
+        if math.isfinite(valid_loss) and valid_loss < self.best_valid_loss:
+            self.best_valid_loss, self.best_epoch, self.bad_epochs = valid_loss, epoch, 0
+            self.best_file = checkpoint.best_weights_name(epoch)
+            return True
+        self.bad_epochs += 1
+        return False
+
+    def stop(self, reason: str, by_callback: bool = False) -> None:
+        self.stopped_early, self.stopped_by_callback = reason, by_callback
+
+    def state_dict(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+    @classmethod
+    def from_state_dict(cls, saved: dict[str, Any]) -> "EarlyStopping":
+        return cls(**{name: saved[name] for name in cls.__dataclass_fields__ if name in saved})
+
+
+@dataclass
+class Progress:
+    """Where training stands: fresh, or restored from a checkpoint."""
+    epoch: int = 1
+    global_step: int = 0
+    history: list[dict] = field(default_factory=list)
+    sums: EpochSums = field(default_factory=EpochSums)  # of the epoch under way
+    early_stop: EarlyStopping = field(default_factory=EarlyStopping)
+    resumed_from: dict | None = None  # {"epoch", "step"} of the checkpoint
 
 
 def resume(paths: JobPaths, hp: Hyperparameters, class_folders: list[str],
-           training: TrainingObjects, context: DistContext) -> dict[str, Any]:
+           training: TrainingObjects, context: DistContext) -> Progress:
     """Start from checkpoints/ when a checkpoint is there (rank 0 reads, all ranks load;
     a refused checkpoint fails every rank, not only the one that read it)."""
     saved, error = None, None
@@ -364,10 +442,7 @@ def resume(paths: JobPaths, hp: Hyperparameters, class_folders: list[str],
     if error:
         raise checkpoint.ResumeError(error)
     if saved is None:
-        return {"epoch": 1, "global_step": 0, "history": [], "sums": EpochSums(),
-                "resumed_from": None,
-                "early_stop": {"best_valid_loss": math.inf, "best_epoch": 0, "bad_epochs": 0,
-                               "best_file": None, "stopped_early": None}}
+        return Progress()
     training.model.load_state_dict(saved["model"])
     training.optimizer.load_state_dict(saved["optimizer"])
     training.scheduler.load_state_dict(saved["scheduler"])
@@ -378,15 +453,15 @@ def resume(paths: JobPaths, hp: Hyperparameters, class_folders: list[str],
     sums = EpochSums(**saved["sums"]) if context.is_main else EpochSums(step=saved["sums"]["step"])
     _log(f"resuming from checkpoint: epoch {saved['epoch']}, {sums.step} step(s) into it, "
          f"global step {saved['global_step']}", context)
-    return {"epoch": saved["epoch"], "global_step": saved["global_step"],
-            "history": list(saved["history"]), "sums": sums,
-            "resumed_from": {"epoch": saved["epoch"], "step": sums.step},
-            "early_stop": dict(saved["early_stop"])}
+    return Progress(epoch=saved["epoch"], global_step=saved["global_step"],
+                    history=list(saved["history"]), sums=sums,
+                    early_stop=EarlyStopping.from_state_dict(saved["early_stop"]),
+                    resumed_from={"epoch": saved["epoch"], "step": sums.step})
 
 
 def save_progress(paths: JobPaths, hp: Hyperparameters, channels: dict[str, Channel],
                   training: TrainingObjects, state: TrainState, sums: EpochSums,
-                  early_stop: dict, context: DistContext) -> None:
+                  early_stop: EarlyStopping, context: DistContext) -> None:
     """Checkpoint (rank 0 writes; RNG states of all ranks are gathered first). `sums` must
     be totals over all ranks. Best-weight files the checkpoint no longer names go after."""
     rng = gather_objects(checkpoint.rng_state(), context)
@@ -397,48 +472,33 @@ def save_progress(paths: JobPaths, hp: Hyperparameters, channels: dict[str, Chan
         "model": training.model.state_dict(), "optimizer": training.optimizer.state_dict(),
         "scheduler": training.scheduler.state_dict(),
         "scaler": training.precision.scaler.state_dict(),
-        "rng": rng, "history": state.history, "early_stop": early_stop,
+        "rng": rng, "history": state.history, "early_stop": early_stop.state_dict(),
         "hyperparameters": hp.as_dict(), "class_folders": channels["train"].class_folders,
     })
-    checkpoint.remove_best_weights(paths.checkpoints, keep=early_stop["best_file"])
+    checkpoint.remove_best_weights(paths.checkpoints, keep=early_stop.best_file)
 
 
-def _update_early_stop(early_stop: dict, epoch: int, valid_loss: float,
-                       model: torch.nn.Module, paths: JobPaths, context: DistContext) -> None:
-    """Track the best epoch. Its weights go to a file named by epoch (rank 0), written
-    before the checkpoint that names it, so a kill between the two never pairs a
-    checkpoint with another epoch's weights."""
-    if math.isfinite(valid_loss) and valid_loss < early_stop["best_valid_loss"]:
-        best_file = checkpoint.best_weights_name(epoch)
-        early_stop.update(best_valid_loss=valid_loss, best_epoch=epoch, bad_epochs=0,
-                          best_file=best_file)
-        if context.is_main:
-            checkpoint.save_weights(paths.checkpoints / best_file, model.state_dict())
-    else:
-        early_stop["bad_epochs"] += 1
-
-
-def finish(env: JobEnvironment, hp: Hyperparameters, channels: dict[str, Channel],
-           model: torch.nn.Module, preprocessing: dict, precision: Precision,
-           context: DistContext, state: TrainState, early_stop: dict,
-           resumed_from: dict | None, stopped_early: str | None, num_workers: int,
-           failure: str | None = None) -> None:
+def finish(env: JobEnvironment, hp: Hyperparameters, context: DistContext, job: Job,
+           state: TrainState, progress: Progress) -> None:
     """Best epoch's weights -> test metrics -> model/ artifact -> output/success (or
-    output/failure with `failure`, the reason a rule stopped the job: the model of the
-    best epoch so far is still written)."""
-    if early_stop["best_epoch"] == 0:
-        if stopped_early:
+    output/failure when a rule stopped the job: the model of the best epoch so far is
+    still written)."""
+    early_stop = progress.early_stop
+    model, precision = job.training.model, job.training.precision
+    if early_stop.best_epoch == 0:
+        if early_stop.stopped_early:
             raise TrainingDiverged(f"stopped before any epoch gave a finite valid_loss: "
-                                   f"{stopped_early}")
+                                   f"{early_stop.stopped_early}")
         raise TrainingDiverged("valid_loss was not finite in any epoch: training diverged; "
                                "lower lr (or use amp=off)")
-    best = checkpoint.load_weights(env.paths.checkpoints / early_stop["best_file"])
-    model.load_state_dict(best)
-    best_metrics = next(row for row in state.history if row["epoch"] == early_stop["best_epoch"])
-    final = {key: value for key, value in best_metrics.items()}
+    model.load_state_dict(checkpoint.load_weights(env.paths.checkpoints /
+                                                  early_stop.best_file))
+    best_metrics = next(row for row in state.history if row["epoch"] == early_stop.best_epoch)
+    final = dict(best_metrics)
+    channels = job.channels
     if "test" in channels:
-        test_loader = make_loader(channels["test"], eval_transform(preprocessing), hp,
-                                  DistContext(0, 0, 1, context.device), num_workers,
+        test_loader = make_loader(channels["test"], eval_transform(job.preprocessing), hp,
+                                  DistContext(0, 0, 1, context.device), job.num_workers,
                                   shuffle=False)
         test_loss, test_accuracy, _ = evaluate(model, test_loader, precision, context,
                                                distributed=False)
@@ -450,21 +510,22 @@ def finish(env: JobEnvironment, hp: Hyperparameters, channels: dict[str, Channel
     artifact.write_artifact(
         env.paths.model, state_dict=model.state_dict(), architecture=ARCHITECTURE,
         class_folders=train.class_folders, class_names=train.class_names,
-        preprocessing=preprocessing, hyperparameters=hp.as_dict(), metrics=final,
+        preprocessing=job.preprocessing, hyperparameters=hp.as_dict(), metrics=final,
         history=state.history,
-        training={"best_epoch": early_stop["best_epoch"], "epochs_run": len(state.history),
-                  "stopped_early": stopped_early, "resumed_from": resumed_from,
+        training={"best_epoch": early_stop.best_epoch, "epochs_run": len(state.history),
+                  "stopped_early": early_stop.stopped_early,
+                  "resumed_from": progress.resumed_from,
                   "world_size": context.world_size, "device": context.device.type,
                   "precision": str(precision.dtype or "fp32"),
                   "skipped_files": {name: len(channel.skipped)
                                     for name, channel in channels.items()},
                   "images": {name: len(channel.samples) for name, channel in channels.items()},
-                  "loader_workers": num_workers})
-    if failure:
-        _write_failure(env.paths, f"stopped early: {failure}")
+                  "loader_workers": job.num_workers})
+    if early_stop.stopped_by_callback:
+        _write_failure(env.paths, f"stopped early: {early_stop.stopped_early}")
     else:
-        write_success(env.paths, {"best_epoch": early_stop["best_epoch"], "metrics": final})
-    _log(f"model written to {env.paths.model} (best epoch {early_stop['best_epoch']})", context)
+        write_success(env.paths, {"best_epoch": early_stop.best_epoch, "metrics": final})
+    _log(f"model written to {env.paths.model} (best epoch {early_stop.best_epoch})", context)
 
 
 class _StopSignal:
