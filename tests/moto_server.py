@@ -43,8 +43,7 @@ class Moto:
     def requests(self, target: str | None = None) -> list[dict]:
         """Recorded requests; for a JSON API, those whose X-Amz-Target ends with target."""
         found = []
-        for line in self.recording.read_text().splitlines():
-            entry = json.loads(line)
+        for entry in _entries(self.recording.read_text()):
             body = entry["body"]
             if entry["body_encoded"]:
                 body = base64.b64decode(body)
@@ -60,3 +59,18 @@ class Moto:
         sent = self.requests(target)
         assert len(sent) == 1, [e["headers"].get("X-Amz-Target") for e in self.requests()]
         return sent[0]["json"]
+
+
+def _entries(text: str):
+    """The recorded entries, in order. moto appends each entry and its newline in two
+    writes, so requests served in parallel (an S3 upload runs 16 at a time) can leave two
+    entries on one line: read object after object instead of line by line."""
+    decoder = json.JSONDecoder()
+    position = 0
+    while True:
+        while position < len(text) and text[position].isspace():
+            position += 1
+        if position == len(text):
+            return
+        entry, position = decoder.raw_decode(text, position)
+        yield entry

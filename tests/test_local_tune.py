@@ -52,6 +52,15 @@ def fake_backend(folder: Path) -> TrialJob:
     return TrialJob(start, outcome)
 
 
+@pytest.fixture(autouse=True)
+def ctrl_c_raises_keyboard_interrupt():
+    """A shell starts background jobs with SIGINT ignored, and Python keeps it so: then the
+    Ctrl-C these tests send would do nothing. Give it Python's usual meaning."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def interrupted_at(backend: TrialJob, call: int) -> TrialJob:
     """The backend, with a Ctrl-C (SIGINT to this process) as its `call`-th job starts."""
     calls = []
