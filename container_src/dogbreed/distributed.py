@@ -89,6 +89,9 @@ def socket_interface_env(interface: str | None,
     return {"NCCL_SOCKET_IFNAME": interface, "GLOO_SOCKET_IFNAME": interface}
 
 
+WORKER_SHUTDOWN_SECONDS = 110
+
+
 def run_torchrun(plan: LaunchPlan, module: str) -> tuple[int, bool]:
     """Run `python -m module` under torchrun; SIGTERM is passed on so workers checkpoint.
 
@@ -99,7 +102,11 @@ def run_torchrun(plan: LaunchPlan, module: str) -> tuple[int, bool]:
         sys.executable, "-m", "torch.distributed.run",
         f"--nnodes={plan.nodes}", f"--nproc_per_node={plan.procs_per_node}",
         f"--node_rank={plan.node_rank}", f"--master_addr={plan.master_addr}",
-        f"--master_port={plan.master_port}", "-m", module,
+        f"--master_port={plan.master_port}",
+        # After passing on a SIGTERM torchrun SIGKILLs the workers still running after
+        # this long (30 s by default): too short for a checkpoint of a big job on a busy
+        # host. SageMaker allows 120 s between SIGTERM and SIGKILL (StopTrainingJob, spot).
+        f"--shutdown_timeout={WORKER_SHUTDOWN_SECONDS}", "-m", module,
     ]
     # torchrun would set OMP_NUM_THREADS=1, which starves CPU workers.
     env = dict(socket_interface_env(plan.network_interface), **os.environ,
