@@ -78,11 +78,8 @@ def download(url: str, target: Path, expected_size: int | None,
 
 
 def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as opened:
-        while block := opened.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(opened, "sha256").hexdigest()
 
 
 def check_sha256(path: Path, expected: str | None) -> Path:

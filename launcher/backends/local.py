@@ -12,6 +12,7 @@ import tarfile
 from pathlib import Path
 
 from launcher import endpoints, jobs
+from launcher.backends.base import effective_config_file
 from launcher.backends.process import ProcessBackend
 from launcher.config import Config
 
@@ -50,7 +51,6 @@ class LocalBackend(ProcessBackend):
 
     def start_endpoint(self, config: Config, workdir: Path, name: str, artifact: str,
                        endpoint_dir: Path, port: int):
-        from launcher.backends.base import effective_config_file
         tarball = endpoints.model_tarball_of(Path(artifact), endpoint_dir / "model.tar.gz")
         return endpoints.start_local_mode_endpoint(effective_config_file(config, workdir),
                                                    name, tarball, port, endpoint_dir, workdir)
