@@ -1,6 +1,6 @@
 # Everything starts from a fresh Debian/Ubuntu machine with Python 3.11:
 #   make demo    sample data -> tune -> train -> deploy -> predict -> report, offline, on the CPU
-#   make test    the test suite (what CI runs)
+#   make test    the test suite (what CI runs); make quick-test: its fast tier
 # Both create or reuse .venv at the project root.
 
 PYTHON ?= python3
@@ -8,7 +8,7 @@ VENV := .venv
 VENV_PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv system-packages demo test unit-test local-mode-test benchmark build push test-base prune-images clean
+.PHONY: venv system-packages demo test unit-test quick-test local-mode-test benchmark build push test-base prune-images clean
 
 venv: $(STAMP)
 
@@ -42,8 +42,14 @@ test: unit-test
 	elif [ "$${CI:-}" = true ]; then echo "error: CI must run the local-mode tests" >&2; exit 1; \
 	else echo; echo "!!! WARNING: no Docker engine: the local-mode tests did NOT run !!!"; echo; fi
 
+# tests/unit (in process, under a minute) and tests/functional (child processes: training
+# jobs, the real MMS, moto in server mode): the whole suite without Docker.
 unit-test: venv system-packages
 	$(VENV_PYTHON) -m pytest
+
+# The fast tier alone, for the edit-test loop: no child process, no Java, no network.
+quick-test: venv
+	$(VENV_PYTHON) -m pytest tests/unit
 
 # The images built from a registry-free Debian base, then driven by the SageMaker SDK.
 # LOCAL_MODE_INSTANCE_TYPE=local_gpu runs them on an NVIDIA GPU (needs compose v2).

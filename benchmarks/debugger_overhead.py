@@ -22,11 +22,11 @@ from pathlib import Path
 import torch
 from torchvision.models import resnet50
 
-from dogbreed.callbacks import StepResult, TrainState
-from dogbreed.debugger import DebuggerHook
-from dogbreed.debugger_config import DebuggerConfig, collection_config, debugger_config
+from dogbreed.debugging.config import DebuggerConfig, collection_config, debugger_config
+from dogbreed.debugging.hook import DebuggerHook
 from dogbreed.hyperparameters import DEBUGGER_COLLECTIONS, Hyperparameters
 from dogbreed.rule_specs import RULE_NAMES
+from dogbreed.training.callbacks import StepResult, TrainState
 
 CONFIGS = {"default (losses,metrics)": ["losses", "metrics"], "weights": ["weights"],
            "gradients": ["gradients"], "relu_input": ["relu_input"],

@@ -6,7 +6,6 @@ how fast a batch goes. (MMS itself needs Java, which the lent GPU machine lacks.
 
 from __future__ import annotations
 
-import io
 import statistics
 import sys
 import tempfile
@@ -18,8 +17,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from serve_latency import photo_jpeg, write_random_model  # noqa: E402
 
-from dogbreed.codec import Limits, decode_images  # noqa: E402
-from dogbreed.predictor import BreedClassifier  # noqa: E402
+from dogbreed.serving.codec import Limits, decode_images  # noqa: E402
+from dogbreed.serving.predictor import BreedClassifier  # noqa: E402
 
 
 def main() -> None:

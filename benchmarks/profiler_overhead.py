@@ -29,8 +29,8 @@ from pathlib import Path
 import torch
 from torchvision.models import resnet50
 
-from dogbreed.callbacks import StepResult, TrainState
-from dogbreed.profiler import ProfilerHook
+from dogbreed.profiling.profiler import ProfilerHook
+from dogbreed.training.callbacks import StepResult, TrainState
 
 
 def main() -> None:

@@ -30,13 +30,12 @@ from pathlib import Path
 import psutil
 import requests
 import torch
-from PIL import Image
 
 from dogbreed.artifact import write_artifact
 from dogbreed.images import open_rgb
 from dogbreed.model import build_model
-from dogbreed.predictor import BreedClassifier
 from dogbreed.sample_data import draw_image
+from dogbreed.serving.predictor import BreedClassifier
 from dogbreed.transforms import eval_preprocessing
 
 CLASSES = 133

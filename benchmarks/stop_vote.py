@@ -23,7 +23,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "container_src"))
-from dogbreed.distributed import DistContext, StepVote, all_reduce_sum  # noqa: E402
+from dogbreed.training.distributed import DistContext, StepVote, all_reduce_sum  # noqa: E402
 
 WORK = 6  # matmuls of 256 x 256 per step (a few ms on one core)
 JITTER = 0.002  # seconds rank 1 adds to every other step

@@ -22,15 +22,14 @@ from pathlib import Path
 
 import torch
 
-from dogbreed.callbacks import CallbackList, TrainState
-from dogbreed.data import scan_channel
-from dogbreed.distributed import init_worker
 from dogbreed.hyperparameters import Hyperparameters
-from dogbreed.loop import EpochSums, train_one_epoch
 from dogbreed.model import build_model, set_train_mode
 from dogbreed.sample_data import write_sample_data
-from dogbreed.train import (choose_num_workers, choose_precision, make_loader,
-                            make_optimizer)
+from dogbreed.training.callbacks import CallbackList, TrainState
+from dogbreed.training.data import scan_channel
+from dogbreed.training.distributed import init_worker
+from dogbreed.training.loop import EpochSums, train_one_epoch
+from dogbreed.training.run import choose_num_workers, choose_precision, make_loader, make_optimizer
 from dogbreed.transforms import eval_preprocessing, train_transform
 
 

@@ -22,6 +22,7 @@ from launcher.backends.base import again
 from launcher.debugging import debugging_settings
 from launcher.config import Config
 from launcher.errors import LauncherError
+from launcher.job_dir import job_outputs
 from launcher.state import forget_endpoint, load_state, update_state
 
 
@@ -267,7 +268,7 @@ def predict(args, config: Config, workdir: Path) -> int:
 def report(args, config: Config, workdir: Path) -> int:
     """The job's HTML report from its model and its output data (trace, rules, profiler),
     wherever the job left them: a local job folder, or S3 for a SageMaker job."""
-    from launcher.report import build_report, output_data_of
+    from launcher.report import build_report
     state = load_state(workdir)
     last = state.get("last_job") or state.get("last_training") or {}
     model = output = None
@@ -296,7 +297,8 @@ def report(args, config: Config, workdir: Path) -> int:
     output_data = None
     if output:
         try:
-            output_data = output_data_of(Path(_fetched(config, output, scratch)), scratch)
+            output_data = job_outputs(Path(_fetched(config, output, scratch)),
+                                      scratch).output_data
         except LauncherError as error:  # e.g. a job from before the output data existed
             if model_dir is None:
                 raise

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from launcher.errors import LauncherError
+from launcher.job_dir import job_outputs
 
 MODEL_FILES = ("model.json", "model.safetensors")
 
@@ -38,20 +39,14 @@ def port_is_free(port: int) -> bool:
 
 
 def model_dir_of(artifact: Path, unpack_to: Path) -> Path:
-    """A folder with model.json and the weights, from a model/ folder or a model.tar.gz."""
-    if artifact.is_dir():
-        missing = [name for name in MODEL_FILES if not (artifact / name).is_file()]
-        if missing:
-            raise LauncherError(f"{artifact} is not a model folder: no {', '.join(missing)} "
-                                "(a training job's model/ folder or its model.tar.gz)")
-        return artifact
-    if artifact.is_file() and tarfile.is_tarfile(artifact):
-        unpack_to.mkdir(parents=True, exist_ok=True)
-        with tarfile.open(artifact) as archive:
-            archive.extractall(unpack_to, filter="data")
-        return model_dir_of(unpack_to, unpack_to)
-    raise LauncherError(f"model {artifact} not found: pass a training job's model/ folder or "
-                        "its model.tar.gz")
+    """A folder with model.json and the weights, from a model/ folder, a model.tar.gz or a
+    job folder (`find_job_outputs`; an archive is unpacked under `unpack_to`)."""
+    folder = job_outputs(artifact, unpack_to).model_dir
+    missing = [name for name in MODEL_FILES if folder is None or not (folder / name).is_file()]
+    if missing:
+        raise LauncherError(f"{artifact} is not a model: no {', '.join(missing)} (give a "
+                            "training job's model/ folder, its model.tar.gz, or its folder)")
+    return folder
 
 
 def model_tarball_of(artifact: Path, pack_to: Path) -> Path:

@@ -1,4 +1,5 @@
-"""Lay out a folder like SageMaker's /opt/ml for the `process` backend.
+"""Lay out a folder like SageMaker's /opt/ml for the `process` backend, and find a job's
+results in what any backend left.
 
 SageMaker writes three config files and mounts each channel under input/data/ before it
 runs `train`; this does the same on local disk, so `SAGEMAKER_BASE_DIR=DIR python -m
@@ -11,6 +12,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Any, Mapping
+
+from dogbreed.job_outputs import JobOutputs, JobOutputsError, find_job_outputs
+
+from launcher.errors import LauncherError
 
 
 def prepare_training_dir(base_dir: str | Path, hyperparameters: Mapping[str, Any],
@@ -45,3 +50,13 @@ def prepare_training_dir(base_dir: str | Path, hyperparameters: Mapping[str, Any
 
 def _write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def job_outputs(source: Path, unpack_to: Path) -> JobOutputs:
+    """The model and output data in a job folder, a model/ or output/data/ folder, or a
+    model.tar.gz or output.tar.gz (unpacked under `unpack_to`): the one finder every
+    command and backend uses (`dogbreed.job_outputs`), with the launcher's errors."""
+    try:
+        return find_job_outputs(Path(source), unpack_to)
+    except JobOutputsError as error:
+        raise LauncherError(str(error)) from None

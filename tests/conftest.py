@@ -1,9 +1,16 @@
-"""Shared fixtures: sample data made once per session, and a way to run a training job
-exactly as the container does (`SAGEMAKER_BASE_DIR=DIR python -m dogbreed.train`)."""
+"""Shared fixtures: sample data made once per session, a way to run a training job exactly
+as the container does (`SAGEMAKER_BASE_DIR=DIR python -m dogbreed.train`), the real server,
+and the helpers both tiers use (`tests/unit` runs in process, `tests/functional` starts
+programs)."""
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import io
+import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -119,3 +126,64 @@ def model_server_processes(runtime_dir: Path) -> list[str]:
         if str(runtime_dir) in command:
             found.append(command)
     return found
+
+
+# ---- helpers both tiers use (tests/unit, tests/functional) ----------------------------
+
+def fake_nvidia_smi(folder: Path, output: str, exit_code: int = 0) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    script = folder / "nvidia-smi"
+    script.write_text(f"#!/bin/sh\ncat <<'EOF'\n{output}\nEOF\nexit {exit_code}\n")
+    script.chmod(0o755)
+    return script
+
+
+def fill_torch_cache(tmp_path, *args) -> tuple[int, str]:
+    """`python -m dogbreed.imagenet_weights ARGS` with TORCH_HOME under tmp_path, in
+    process: (exit code, stderr)."""
+    err = io.StringIO()
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stderr(err):
+        patch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+        from dogbreed.imagenet_weights import main
+        code = main(list(args))
+    return code, err.getvalue()
+
+
+def tuning_config(**tuning):
+    from launcher.config import Config
+    values = {"max_jobs": 4, "max_parallel_jobs": 1,
+              "ranges": {"lr": {"type": "continuous", "min": 1e-5, "max": 1e-1,
+                                "scaling": "Logarithmic"}}}
+    values.update(tuning)
+    return Config.model_validate({"tuning": values})
+
+
+def profiler_rule(folder: Path, name: str, **parameters) -> dict:
+    from dogbreed.profiling.rules import evaluate_profiler_rules
+    results = evaluate_profiler_rules(folder, {name: parameters})
+    return next(result for result in results if result["rule"] == name)
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def images_of(page: str) -> list:
+    """The PNG plots inlined in a report page, each checked to be a real, large image."""
+    from PIL import Image
+    images = []
+    for encoded in re.findall(r'src="data:image/png;base64,([^"]+)"', page):
+        data = base64.b64decode(encoded, validate=True)
+        assert data.startswith(PNG_SIGNATURE)
+        image = Image.open(io.BytesIO(data))
+        image.load()
+        assert image.width >= 600 and image.height >= 200
+        images.append(image)
+    return images
+
+
+def headings_of(page: str) -> list[str]:
+    return re.findall(r"<h2>([^<]+)</h2>", page)
+
+
+def rules_in(path: Path) -> dict[str, str]:
+    return {rule["rule"]: rule["status"] for rule in json.loads(path.read_text())["rules"]}

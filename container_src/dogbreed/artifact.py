@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
 from datetime import datetime, timezone
 from pathlib import Path
@@ -17,9 +18,9 @@ from typing import Any
 
 import torch
 import torchvision
+from safetensors.torch import load_file, save_file
 
 from dogbreed import __version__
-from dogbreed.checkpoint import save_weights
 
 WEIGHTS_FILE = "model.safetensors"
 MODEL_JSON = "model.json"
@@ -55,6 +56,20 @@ def write_artifact(model_dir: Path, *, state_dict: dict[str, torch.Tensor], arch
     }
     _write_json(model_dir / MODEL_JSON, description)
     _write_json(model_dir / METRICS_JSON, {"final": metrics, "epochs": history})
+
+
+def save_weights(path: Path, state_dict: dict[str, torch.Tensor]) -> None:
+    """safetensors needs contiguous, unshared tensors (channels_last ones are not)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {key: value.detach().to("cpu").contiguous().clone()
+               for key, value in state_dict.items()}
+    temporary = path.with_suffix(".tmp")
+    save_file(tensors, str(temporary))
+    os.replace(temporary, path)
+
+
+def load_weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(path))
 
 
 def read_model_json(model_dir: Path) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """The built-in debugger rules by name: AWS's default parameters and what each one reads.
 
-Kept apart from the rules' logic (`dogbreed.rules`) so that hyperparameter parsing and the
+Kept apart from the rules' logic (`dogbreed.debugging.rules`) so that hyperparameter parsing and the
 hook's configuration can check names and turn on collections without importing numpy.
 Defaults are SageMaker Debugger's documented ones (container_src/docs/
 debugger-rules-research.md); `needs` are the collections the hook must save, and `probes`
@@ -74,7 +74,7 @@ SPECS = {spec.name: spec for spec in (
 RULE_NAMES = tuple(SPECS)
 
 SCAN = {"scan_interval_us": 60_000_000}
-# The profiler rules' defaults (AWS's ProfilerReport; logic in dogbreed.profiler_rules).
+# The profiler rules' defaults (AWS's ProfilerReport; logic in dogbreed.profiling.rules).
 PROFILER_DEFAULTS: dict[str, dict] = {
     "LowGPUUtilization": {"threshold_p95": 70, "threshold_p5": 10, "window": 500,
                           "patience": 1000, **SCAN},

@@ -7,7 +7,7 @@ import sys
 import time
 
 if os.environ.get("DOGBREED_TEST_SLOW_WARMUP") and "model_service_worker" in " ".join(sys.argv):
-    import dogbreed.predictor as _predictor
+    import dogbreed.serving.predictor as _predictor
 
     _original_warm_up = _predictor.BreedClassifier.warm_up
 

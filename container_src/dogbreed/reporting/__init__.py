@@ -1,0 +1,2 @@
+"""Reporting: the HTML page every training job writes (`report`, its template in
+`templates/`), and its plots (`figures`)."""

@@ -1,0 +1,162 @@
+"""Inference handlers in the SageMaker toolkit's convention, and the transformer running them.
+
+`model_fn`, `input_fn`, `predict_fn`, `output_fn` are what a SageMaker user would write in
+`inference.py`. `BreedTransformer` is the toolkit's `Transformer` with three sharp edges
+filed off: it always uses these handlers (the toolkit would take any importable module
+named `inference` as user code), it checks Accept before running the model, and a client
+error answers `{"error": ...}` with its 4xx status and no traceback (the toolkit puts the
+traceback in every error body). A model that failed to load answers 503 (507 when memory ran
+out) with the one-line reason: MMS reports every load as successful (it swallows
+`initialize`'s exceptions), so a request is the only way the reason leaves the worker, and
+the multi-model front relies on it to refuse a load honestly.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import traceback
+from http import HTTPStatus
+
+import torch
+from sagemaker_inference.errors import BaseInferenceToolkitError, GenericInferenceToolkitError
+from sagemaker_inference.transformer import Transformer
+
+from dogbreed.serving.codec import (ClientError, Limits, check_accept, decode_images, encode_error,
+                                    encode_predictions, parse_top_k)
+from dogbreed.serving.predictor import DEFAULT_TOP_K, BreedClassifier, ModelLoadError
+
+CUSTOM_ATTRIBUTES = "x-amzn-sagemaker-custom-attributes"
+JSON = "application/json"
+MAX_REASON_CHARS = 500
+logger = logging.getLogger("dogbreed.serving.handler")
+
+
+class ModelNotLoaded(GenericInferenceToolkitError):
+    """`model_fn` failed. Unlike other server errors its reason goes into the body: it names
+    the artifact's file at fault or the memory that ran out, which whoever loads the model
+    must read, and it holds no traceback."""
+
+    def __init__(self, error: BaseException):
+        status = HTTPStatus.INSUFFICIENT_STORAGE if _is_out_of_memory(error) \
+            else HTTPStatus.SERVICE_UNAVAILABLE
+        super().__init__(int(status), f"model_fn failed: {_one_line_reason(error)}")
+
+
+def model_fn(model_dir: str, context=None) -> BreedClassifier:
+    device = "cpu"
+    if torch.cuda.is_available():  # MMS spreads workers over the GPUs: use the one given
+        properties = getattr(context, "system_properties", None) or {}
+        device = f"cuda:{properties.get('gpu_id') or 0}"
+        torch.cuda.set_device(device)  # this worker's kernels and allocations stay there
+    _share_cores_between_workers()
+    classifier = BreedClassifier.load(model_dir, device=device)
+    classifier.warm_up()  # the first real request must not pay for torch's first run
+    return classifier
+
+
+def input_fn(input_data: bytes, content_type: str, context=None):
+    """Images and the requested top-k of one request (ClientError becomes its 4xx)."""
+    headers = _request_headers(context)
+    images = decode_images(input_data, content_type, Limits.from_environment())
+    return images, parse_top_k(headers.get(CUSTOM_ATTRIBUTES), DEFAULT_TOP_K)
+
+
+def predict_fn(data, model: BreedClassifier):
+    images, top_k = data
+    return model.predict(images, top_k)  # several instances run as one batch
+
+
+def output_fn(prediction, accept: str):
+    return encode_predictions(prediction), JSON
+
+
+class BreedTransformer(Transformer):
+    """The toolkit's Transformer with its request loop replaced: bodies stay bytes (the
+    toolkit decodes JSON bodies as UTF-8 first and answers 500 when that fails), headers
+    are read case-insensitively (the toolkit matches a few spellings only), Accept is
+    checked before the model runs, and errors answer JSON with a standard reason phrase
+    (MMS frames the phrase by characters but writes UTF-8 bytes: a non-ASCII phrase
+    kills the worker)."""
+
+    def _validate_user_module_and_set_functions(self):
+        # Always these handlers: the toolkit would take any importable `inference` module.
+        self._model_fn, self._input_fn = model_fn, input_fn
+        self._predict_fn, self._output_fn = predict_fn, output_fn
+        self._transform_fn = self._default_transform_fn
+
+    def transform(self, data, context):
+        try:
+            self.validate_and_initialize(
+                model_dir=context.system_properties.get("model_dir"), context=context)
+        except Exception as error:  # the reason in the body, the traceback in the log
+            return self.handle_error(context, ModelNotLoaded(error), traceback.format_exc())
+        responses = []
+        try:
+            for index, request in enumerate(data):
+                headers = _request_headers(context, index)
+                check_accept(headers.get("accept"))
+                body, content_type = self._transform_fn(
+                    self._model, request.get("body") or b"", headers.get("content-type"),
+                    JSON, context)
+                context.set_response_content_type(index, content_type)
+                responses.append(body)
+        except ClientError as error:
+            return self.handle_error(context, GenericInferenceToolkitError(
+                error.status, error.message), "")
+        except BaseInferenceToolkitError as error:
+            return self.handle_error(context, error, traceback.format_exc())
+        except Exception as error:
+            return self.handle_error(context, GenericInferenceToolkitError(500, str(error)),
+                                     traceback.format_exc())
+        return responses
+
+    @staticmethod
+    def handle_error(context, inference_exception: BaseInferenceToolkitError, trace):
+        status = inference_exception.status_code
+        message = inference_exception.message
+        if status >= 500:
+            logger.error("inference failed: %s", trace)  # the log keeps what the body must not
+            if not isinstance(inference_exception, ModelNotLoaded):
+                message = "internal error while predicting; see the endpoint's log"
+        try:
+            phrase = HTTPStatus(status).phrase
+        except ValueError:
+            phrase = "Error"
+        context.set_response_status(code=status, phrase=phrase)
+        context.set_response_content_type(0, JSON)
+        return [encode_error(message)]
+
+
+def _request_headers(context, index: int = 0) -> dict[str, str]:
+    """Request `index`'s headers, lower-cased names (MMS keeps them as the client sent them)."""
+    if context is None or not getattr(context, "request_processor", None):
+        return {}
+    properties = context.request_processor[index].get_request_properties() or {}
+    return {str(name).lower(): value for name, value in properties.items()
+            if isinstance(value, str)}
+
+
+def _is_out_of_memory(error: BaseException) -> bool:
+    """Python's MemoryError, CUDA's OutOfMemoryError, or torch's CPU allocator failing
+    (a plain RuntimeError: "DefaultCPUAllocator: can't allocate memory")."""
+    if isinstance(error, (MemoryError, torch.OutOfMemoryError)):
+        return True
+    text = str(error)
+    return "can't allocate memory" in text or "Cannot allocate memory" in text
+
+
+def _one_line_reason(error: BaseException) -> str:
+    """The artifact's own errors say what to fix as they are; anything else keeps its type."""
+    lines = str(error).strip().splitlines()
+    reason = lines[0] if lines else "no message"
+    if not isinstance(error, ModelLoadError):
+        reason = f"{type(error).__name__}: {reason}"
+    return reason[:MAX_REASON_CHARS]
+
+
+def _share_cores_between_workers() -> None:
+    """Each worker process gets its share of the cores; by default every worker would
+    start one thread per core and they would fight over them."""
+    workers = int(os.environ.get("SAGEMAKER_MODEL_SERVER_WORKERS") or 1)
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, workers)))

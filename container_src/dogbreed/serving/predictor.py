@@ -1,0 +1,144 @@
+"""The trained model as serving sees it: load an artifact, answer top-k breeds.
+
+Everything comes from the artifact (`model.json` + `model.safetensors`): the class names,
+the head size, the preprocessing. A broken artifact fails here with a reason that says
+what to fix, before any server starts.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from torchvision.models import resnet50
+
+from dogbreed.artifact import FORMAT_VERSION, MODEL_JSON
+from dogbreed.model import ARCHITECTURE
+from dogbreed.transforms import eval_transform
+
+DEFAULT_TOP_K = 5
+
+
+class ModelLoadError(ValueError):
+    """An artifact that cannot be served; the message says which file and why."""
+
+
+@dataclass
+class BreedClassifier:
+    model: torch.nn.Module
+    class_names: list[str]
+    preprocess: Any
+    description: dict[str, Any]
+    device: torch.device
+
+    @classmethod
+    def load(cls, model_dir: str | Path, device: str | torch.device = "cpu") -> "BreedClassifier":
+        model_dir = Path(model_dir)
+        description = _read_description(model_dir)
+        class_names = description["class_names"]
+        weights_path = model_dir / description.get("weights_file", "model.safetensors")
+        if not weights_path.is_file():
+            raise ModelLoadError(f"{weights_path} is missing: the artifact has model.json but "
+                                 "no weights")
+        try:
+            state = load_file(str(weights_path))
+        except (SafetensorError, OSError, ValueError) as error:
+            raise ModelLoadError(f"{weights_path} is not a readable safetensors file: "
+                                 f"{error}") from None
+        head = state.get("fc.weight")
+        if head is None or head.shape[0] != len(class_names):
+            rows = "no fc.weight" if head is None else f"{head.shape[0]} outputs"
+            raise ModelLoadError(f"{MODEL_JSON} lists {len(class_names)} classes but the "
+                                 f"weights' head has {rows}")
+        model = resnet50(weights=None, num_classes=len(class_names))
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as error:
+            raise ModelLoadError(f"{weights_path} does not fit ResNet50: "
+                                 f"{str(error).splitlines()[0]}") from None
+        device = torch.device(device)
+        model = model.to(device).eval()
+        return cls(model, class_names, eval_transform(description["preprocessing"]),
+                   description, device)
+
+    def warm_up(self) -> None:
+        size = self.description["preprocessing"]["resize"]
+        self.predict([Image.new("RGB", (size, size))], top_k=1)
+
+    @torch.inference_mode()
+    def predict(self, images: list[Image.Image], top_k: int = DEFAULT_TOP_K
+                ) -> list[list[dict[str, Any]]]:
+        """One list of the `top_k` most likely breeds per image, most likely first."""
+        batch = torch.stack([self.preprocess(image) for image in images]).to(self.device)
+        probabilities = torch.softmax(self.model(batch).float(), dim=1)
+        values, indices = probabilities.topk(min(top_k, len(self.class_names)), dim=1)
+        # One device-to-host copy for the whole batch (float32 holds class ids exactly),
+        # not two per row: on a GPU each copy is a synchronisation.
+        values, indices = torch.stack((values, indices.float())).cpu().tolist()
+        return [[{"label": self.class_names[int(index)], "class_id": int(index),
+                  "probability": round(value, 6)}
+                 for value, index in zip(row_values, row_indices)]
+                for row_values, row_indices in zip(values, indices)]
+
+
+def _read_description(model_dir: Path) -> dict[str, Any]:
+    if not model_dir.is_dir():
+        raise ModelLoadError(f"model directory {model_dir} does not exist")
+    path = model_dir / MODEL_JSON
+    if not path.is_file():
+        present = ", ".join(sorted(p.name for p in model_dir.iterdir())[:8]) or "nothing"
+        raise ModelLoadError(f"{path} is missing (the directory holds: {present}); is this a "
+                             "model.tar.gz written by the dogbreed training program?")
+    try:
+        description = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ModelLoadError(f"{path} is not valid JSON: {error}") from None
+    if not isinstance(description, dict):
+        raise ModelLoadError(f"{path} does not describe a model (not a JSON object)")
+    if description.get("format_version") != FORMAT_VERSION:
+        raise ModelLoadError(f"{path} has format_version {description.get('format_version')!r};"
+                             f" this server reads version {FORMAT_VERSION}")
+    if description.get("architecture") != ARCHITECTURE:
+        raise ModelLoadError(f"{path} describes a {description.get('architecture')!r} model; "
+                             f"this server serves {ARCHITECTURE}")
+    missing = [key for key in ("class_names", "preprocessing") if key not in description]
+    if missing:
+        raise ModelLoadError(f"{path} lacks {', '.join(missing)}")
+    return description
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m dogbreed.serving.predictor MODEL_DIR`: load the artifact once, as serving will, and
+    print a JSON summary (or the reason it cannot load, or that the host's GPUs are
+    unusable, exit 1). `serve` runs this in a
+    child process so that the front process itself never holds torch or the weights."""
+    import sys
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m dogbreed.serving.predictor MODEL_DIR", file=sys.stderr)
+        return 2
+    from dogbreed.gpu_check import GpuUnusable, require_usable_gpus
+    try:
+        require_usable_gpus()
+    except GpuUnusable as error:
+        print(json.dumps({"error": str(error), "gpu_unusable": True}))
+        return 1
+    try:
+        classifier = BreedClassifier.load(args[0])
+    except ModelLoadError as error:
+        print(json.dumps({"error": str(error)}))
+        return 1
+    print(json.dumps({"classes": len(classifier.class_names),
+                      "image_size": classifier.description["preprocessing"]["center_crop"],
+                      "gpus": torch.cuda.device_count()}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
