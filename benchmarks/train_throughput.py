@@ -1,14 +1,17 @@
-"""Is training fed fast enough? End-to-end images/s versus the model alone.
+"""Is training fed fast enough? End-to-end images/s with each data pipeline versus the
+model alone, for each `trainable`, side by side in one run.
 
 Runs, in one process on one machine, alternating rounds of:
-  - model only: the training step (forward, backward, optimizer) on a batch already in
-    memory, i.e. the ceiling;
-  - end to end: the training program's own loader (JPEG decode, augmentation, default
-    worker count) feeding the same step through `train_one_epoch`.
-Prints per-round figures, the medians and their ratio. Target: ratio >= 0.8 with a frozen
-backbone (`--trainable fc`) at 224 px on a 2-core CPU machine.
+  - model only: the training step (forward, backward, optimizer) on a batch already on
+    the device, i.e. the ceiling;
+  - end to end, `pil`: the PIL loader (JPEG decode, augmentation per epoch, default
+    worker count) feeding the same step through `train_one_epoch`;
+  - end to end, `cached`: the uint8 store (decoded once, timed separately) with crops,
+    flips and normalisation on the device, through the same `train_one_epoch`.
+Prints per-round figures, the medians and the ratios end to end / model only, and the
+store's build cost in seconds per 1,000 images.
 
-    .venv/bin/python benchmarks/train_throughput.py [--trainable fc] [--rounds 3]
+    .venv/bin/python benchmarks/train_throughput.py [--trainable fc,layer4,all] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -29,7 +32,9 @@ from dogbreed.training.callbacks import CallbackList, TrainState
 from dogbreed.training.data import scan_channel
 from dogbreed.training.distributed import init_worker
 from dogbreed.training.loop import EpochSums, train_one_epoch
-from dogbreed.training.run import choose_num_workers, choose_precision, make_loader, make_optimizer
+from dogbreed.training.image_store import prepare_stores
+from dogbreed.training.run import (choose_num_workers, choose_precision, make_loader,
+                                  make_optimizer, make_store_loader)
 from dogbreed.transforms import eval_preprocessing, train_transform
 
 
@@ -61,54 +66,87 @@ def end_to_end_rate(state: TrainState, loader, precision, criterion, context) ->
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--trainable", default="fc", choices=("fc", "layer4", "all"))
+    parser.add_argument("--trainable", default="fc,layer4,all",
+                        help="comma list of fc, layer4, all")
+    parser.add_argument("--pipelines", default="pil,cached", help="comma list of pil, cached")
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--images", type=int, default=256, help="images per end-to-end round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--num-workers", default="auto")
     args = parser.parse_args()
+    pipelines = [name.strip() for name in args.pipelines.split(",") if name.strip()]
 
     context = init_worker()
-    hp = Hyperparameters(batch_size=args.batch_size, image_size=args.image_size,
-                         trainable=args.trainable, pretrained="none",
-                         num_workers=args.num_workers)
     with tempfile.TemporaryDirectory() as tmp:
         classes = 8
         write_sample_data(tmp, classes=classes, images_per_class=args.images // classes * 10 // 8,
                           seed=0)
         channel = scan_channel("train", Path(tmp) / "train")
-        precision = choose_precision(hp, context)
-        workers = choose_num_workers(hp, context, os.cpu_count() or 1)
-        loader = make_loader(channel, train_transform(eval_preprocessing(hp.image_size)), hp,
-                             context, workers, shuffle=True)
-        model = build_model(classes, "none", hp.trainable).to(
-            context.device, memory_format=torch.channels_last if precision.channels_last
-            else torch.contiguous_format)
-        state = TrainState(model=model, optimizer=make_optimizer(model, hp), epochs=1)
-        criterion = torch.nn.CrossEntropyLoss(label_smoothing=hp.label_smoothing)
-        batch = torch.randn(hp.batch_size, 3, hp.image_size, hp.image_size,
-                            device=context.device)
-        if precision.channels_last:
-            batch = batch.contiguous(memory_format=torch.channels_last)
-        labels = torch.randint(0, classes, (hp.batch_size,), device=context.device)
-        steps = max(2, len(channel.samples) // hp.batch_size)
+        preprocessing = eval_preprocessing(args.image_size)
+        started = time.perf_counter()
+        store = prepare_stores({"train": channel}, preprocessing, context,
+                               os.cpu_count() or 1, log=lambda message: None)["train"]
+        build_seconds = time.perf_counter() - started
+        print(f"store: {len(channel.samples)} JPEGs decoded in {build_seconds:.2f} s = "
+              f"{1000 * build_seconds / len(channel.samples):.2f} s per 1,000 images, "
+              f"{store.numel() / 2**20:.0f} MiB", flush=True)
+        summary = []
+        for trainable in args.trainable.split(","):
+            summary.append(measure(trainable.strip(), args, context, channel, store,
+                                   preprocessing, pipelines, classes))
+        print("\n| trainable | model only | " + " | ".join(
+            f"{name} end to end | ratio" for name in pipelines) + " |")
+        for trainable, model_median, medians in summary:
+            print(f"| `{trainable}` | {model_median:.1f} | " + " | ".join(
+                f"{medians[name]:.1f} | {medians[name] / model_median:.2f}"
+                for name in pipelines) + " |")
 
-        print(f"device {context.device}, trainable={hp.trainable}, {hp.image_size} px, batch "
-              f"{hp.batch_size}, precision {precision.dtype or 'fp32'}, loader workers "
-              f"{workers}, {len(channel.samples)} JPEGs, torch threads "
-              f"{torch.get_num_threads()}", flush=True)
-        model_only_rate(state, precision, criterion, batch, labels, 2)  # warm-up
-        model_rates, e2e_rates = [], []
-        for round_number in range(1, args.rounds + 1):
-            model_rates.append(model_only_rate(state, precision, criterion, batch, labels,
-                                               steps))
-            e2e_rates.append(end_to_end_rate(state, loader, precision, criterion, context))
-            print(f"round {round_number}: model only {model_rates[-1]:.1f} img/s, end to end "
-                  f"{e2e_rates[-1]:.1f} img/s", flush=True)
-        model_median, e2e_median = statistics.median(model_rates), statistics.median(e2e_rates)
-        print(f"median: model only {model_median:.1f} img/s, end to end {e2e_median:.1f} "
-              f"img/s, ratio {e2e_median / model_median:.2f}")
+
+def measure(trainable: str, args, context, channel, store, preprocessing, pipelines,
+            classes: int) -> tuple[str, float, dict[str, float]]:
+    hp = Hyperparameters(batch_size=args.batch_size, image_size=args.image_size,
+                         trainable=trainable, pretrained="none",
+                         num_workers=args.num_workers)
+    precision = choose_precision(hp, context)
+    workers = choose_num_workers(hp, context, os.cpu_count() or 1)
+    loaders = {
+        "pil": make_loader(channel, train_transform(preprocessing), hp, context, workers,
+                           shuffle=True),
+        "cached": make_store_loader(store, channel, preprocessing, hp, context, precision,
+                                    train=True),
+    }
+    model = build_model(classes, "none", hp.trainable).to(
+        context.device, memory_format=torch.channels_last if precision.channels_last
+        else torch.contiguous_format)
+    state = TrainState(model=model, optimizer=make_optimizer(model, hp), epochs=1)
+    criterion = torch.nn.CrossEntropyLoss(label_smoothing=hp.label_smoothing)
+    batch = torch.randn(hp.batch_size, 3, hp.image_size, hp.image_size, device=context.device)
+    if precision.channels_last:
+        batch = batch.contiguous(memory_format=torch.channels_last)
+    labels = torch.randint(0, classes, (hp.batch_size,), device=context.device)
+    steps = max(2, len(channel.samples) // hp.batch_size)
+
+    print(f"\ndevice {context.device}, trainable={hp.trainable}, {hp.image_size} px, batch "
+          f"{hp.batch_size}, precision {precision.dtype or 'fp32'}, pil loader workers "
+          f"{workers}, {len(channel.samples)} JPEGs, torch threads "
+          f"{torch.get_num_threads()}", flush=True)
+    model_only_rate(state, precision, criterion, batch, labels, 2)  # warm-up
+    model_rates, e2e_rates = [], {name: [] for name in pipelines}
+    for round_number in range(1, args.rounds + 1):
+        model_rates.append(model_only_rate(state, precision, criterion, batch, labels, steps))
+        for name in pipelines:
+            loaders[name].sampler.set_epoch(round_number)
+            e2e_rates[name].append(end_to_end_rate(state, loaders[name], precision, criterion,
+                                                   context))
+        print(f"round {round_number}: model only {model_rates[-1]:.1f} img/s, " + ", ".join(
+            f"{name} {rates[-1]:.1f} img/s" for name, rates in e2e_rates.items()), flush=True)
+    model_median = statistics.median(model_rates)
+    medians = {name: statistics.median(rates) for name, rates in e2e_rates.items()}
+    print(f"median: model only {model_median:.1f} img/s, " + ", ".join(
+        f"{name} {median:.1f} img/s (ratio {median / model_median:.2f})"
+        for name, median in medians.items()))
+    return trainable, model_median, medians
 
 
 if __name__ == "__main__":

@@ -6,9 +6,13 @@ from __future__ import annotations
 from PIL import Image, ImageOps
 
 
-def open_rgb(source) -> Image.Image:
-    """Decode fully, apply EXIF rotation, convert palette/gray/CMYK/alpha to RGB."""
+def open_rgb(source, draft_size: tuple[int, int] | None = None) -> Image.Image:
+    """Decode fully, apply EXIF rotation, convert palette/gray/CMYK/alpha to RGB.
+    `draft_size`: a JPEG may decode at 1/2, 1/4 or 1/8 scale (DCT scaling), never below
+    that size; faster, but not the pixels of a full decode."""
     image = Image.open(source)
+    if draft_size is not None:
+        image.draft("RGB", draft_size)
     image.load()
     image = ImageOps.exif_transpose(image)
     if image.mode != "RGB":

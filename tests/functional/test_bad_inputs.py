@@ -2,8 +2,11 @@
 one readable line in output/failure (what SageMaker shows as the FailureReason)."""
 
 from __future__ import annotations
+
 import shutil
+
 import torch
+
 from conftest import FAST_HYPERPARAMETERS, channels_of, failure_reason, run_job
 
 

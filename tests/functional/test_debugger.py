@@ -2,18 +2,20 @@
 with smdebug 1.0.34's own reader in an isolated venv (its old pins cannot live beside ours)."""
 
 from __future__ import annotations
+
 import json
 import os
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
+
 from conftest import FAST_HYPERPARAMETERS, channels_of, run_job
 from dogbreed.debugging.trace import iter_trace, reduction_name
-
 
 REPO = Path(__file__).resolve().parents[2]
 

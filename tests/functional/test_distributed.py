@@ -1,10 +1,12 @@
 """DistributedDataParallel on CPU (gloo): two workers on one host, and two hosts."""
 
 from __future__ import annotations
+
 import json
 import re
 import subprocess
 import sys
+
 from conftest import FAST_HYPERPARAMETERS, channels_of, free_port, job_env, run_job
 from dogbreed.metrics import parse_metrics
 from launcher.job_dir import prepare_training_dir
@@ -21,6 +23,8 @@ def test_two_workers_on_one_host(sample_data, tmp_path):
     assert len(parse_metrics(result.stdout)["test_accuracy"]) == 1
     description = json.loads((tmp_path / "model" / "model.json").read_text())
     assert description["training"]["world_size"] == 2
+    assert description["training"]["data_pipeline"] == "cached"  # one store, both ranks
+    assert result.stdout.count("decoded 120 images of channel train once") == 1
     # The two ranks' shards together are every training image once (24 x 5 = 120).
     history = json.loads((tmp_path / "model" / "metrics.json").read_text())["epochs"]
     assert [row["train_images"] for row in history] == [120, 120]

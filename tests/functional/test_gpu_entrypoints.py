@@ -4,14 +4,16 @@ run), and the torch CUDA version read without importing torch. The host is descr
 stand-ins (see unit/test_gpu_check.py)."""
 
 from __future__ import annotations
+
 import os
 import subprocess
 import sys
 from pathlib import Path
+
 import pytest
+
 from conftest import FAST_HYPERPARAMETERS, channels_of, fake_nvidia_smi, free_port, run_job
 from dogbreed.gpu_check import torch_cuda_version
-
 
 REPO = Path(__file__).resolve().parents[2]
 

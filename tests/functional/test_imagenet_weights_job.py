@@ -3,8 +3,10 @@ put in the torch cache (what the training image does at build time). The real fi
 cannot be downloaded here, so a ResNet50 state_dict written by the test stands in for it."""
 
 from __future__ import annotations
+
 import torch
 from torchvision.models import resnet50
+
 from conftest import FAST_HYPERPARAMETERS, channels_of, fill_torch_cache, run_job
 
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from moto_server import Moto
 from launcher.s3_sync import client, sync
+from moto_server import Moto
 
 REPO = Path(__file__).resolve().parents[2]
 NOWHERE = "http://127.0.0.1:9"

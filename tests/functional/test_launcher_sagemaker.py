@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from moto_server import Moto
 from dogbreed.metrics import METRIC_DEFINITIONS
+from moto_server import Moto
 
 REPO = Path(__file__).resolve().parents[2]
 NOWHERE = "http://127.0.0.1:9"

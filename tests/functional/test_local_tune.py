@@ -3,16 +3,18 @@ finds the better region, prunes, records failures and resumes. The mapping onto 
 is in unit/test_tune_mapping.py."""
 
 from __future__ import annotations
+
 import json
 import os
 import signal
 import sys
 from pathlib import Path
+
 import pytest
+
 from conftest import tuning_config
 from launcher import jobs
-from launcher.local_tune import (TrialJob, run_study, trials_summary)
-
+from launcher.local_tune import TrialJob, run_study, trials_summary
 
 # A stand-in training job: a real process that logs epoch lines whose valid_accuracy peaks
 # at lr = 1e-3 (log scale) and improves per epoch; `fail` makes it exit 1 with a reason.

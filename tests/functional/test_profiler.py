@@ -3,14 +3,16 @@ the step timeline, system samples covering the job, and every profiler rule logg
 saved. The rules on synthetic series are in unit/test_profiler_rules.py."""
 
 from __future__ import annotations
+
 import json
 import subprocess
 import sys
 import textwrap
-import pytest
-from conftest import FAST_HYPERPARAMETERS, channels_of, run_job
-from dogbreed.profiling.rules import (RULE_NAMES, rule_log_line)
 
+import pytest
+
+from conftest import FAST_HYPERPARAMETERS, channels_of, run_job
+from dogbreed.profiling.rules import RULE_NAMES, rule_log_line
 
 INTERVAL_MS = 200
 

@@ -3,6 +3,7 @@ SageMaker's and local mode's archives (the one finder, `dogbreed.job_outputs`), 
 rendered by a real browser (headless Chromium) when one is installed."""
 
 from __future__ import annotations
+
 import json
 import re
 import shutil
@@ -10,17 +11,17 @@ import subprocess
 import sys
 import tarfile
 from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
+
 from conftest import FAST_HYPERPARAMETERS, channels_of, headings_of, images_of, rules_in, run_job
 from dogbreed.job_outputs import JobOutputsError, find_job_outputs
-from dogbreed.reporting.report import build_report
-from dogbreed.reporting.report import write_job_report
+from dogbreed.reporting.report import build_report, write_job_report
 from launcher.errors import LauncherError
 from launcher.job_dir import job_outputs
 from launcher.report import build_report as launcher_build_report
-
 
 SECTIONS = ("Rule results", "Loss and accuracy", "Gradient and weight norms", "Step time",
             "System utilisation", "Top operators", "Hyperparameters and training facts")

@@ -1,16 +1,18 @@
 """Spot interruption: SIGTERM saves a checkpoint, a restarted job carries on from it."""
 
 from __future__ import annotations
+
 import json
 import signal
 import subprocess
 import sys
+
 import pytest
 import torch
+
 from conftest import FAST_HYPERPARAMETERS, channels_of, job_env, run_job
 from dogbreed.metrics import parse_metrics
 from launcher.job_dir import prepare_training_dir
-
 
 EPOCHS = 3
 
@@ -70,18 +72,33 @@ def assert_same_training(resumed_dir, uninterrupted_dir, exact_train_sums: bool 
     assert final[0] == final[1]
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(sample_data, tmp_path_factory):
+def uninterrupted_job(data, folder, **hyperparameters):
     """The same job as the interrupted ones, run to the end without a stop."""
-    folder = tmp_path_factory.mktemp("uninterrupted")
-    result = run_job(folder, dict(FAST_HYPERPARAMETERS, epochs=EPOCHS), channels_of(sample_data))
+    result = run_job(folder, dict(FAST_HYPERPARAMETERS, epochs=EPOCHS, **hyperparameters),
+                     channels_of(data))
     assert result.returncode == 0, result.stderr
     return folder
 
 
+@pytest.fixture(scope="module")
+def uninterrupted(sample_data, tmp_path_factory):
+    """data-pipeline=auto: the cached store, augmented on the device."""
+    return uninterrupted_job(sample_data, tmp_path_factory.mktemp("uninterrupted"))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_pil(sample_data, tmp_path_factory):
+    return uninterrupted_job(sample_data, tmp_path_factory.mktemp("uninterrupted_pil"),
+                             **{"data-pipeline": "pil"})
+
+
+@pytest.mark.parametrize("pipeline", ["auto", "pil"])
 def test_sigterm_mid_epoch_then_restart_completes_from_the_checkpoint(sample_data, tmp_path,
-                                                                      uninterrupted):
-    hyperparameters = dict(FAST_HYPERPARAMETERS, epochs=EPOCHS)
+                                                                      request, pipeline):
+    """Both data pipelines resume mid-epoch with the batches the uninterrupted job had."""
+    uninterrupted = request.getfixturevalue(
+        "uninterrupted" if pipeline == "auto" else "uninterrupted_pil")
+    hyperparameters = dict(FAST_HYPERPARAMETERS, epochs=EPOCHS, **{"data-pipeline": pipeline})
     channels = channels_of(sample_data)
     prepare_training_dir(tmp_path, hyperparameters, channels)
     first_lines, saved = interrupt_mid_epoch(tmp_path, epoch=2, step=3)

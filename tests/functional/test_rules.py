@@ -4,13 +4,16 @@ initialisation (and the offline evaluation agrees with the online one), a stalle
 stopped. Each rule on synthetic steps is in unit/test_rules_synthetic.py."""
 
 from __future__ import annotations
+
 import json
 import subprocess
 import sys
 from pathlib import Path
+
 import pytest
 import torch
 from torchvision.models import resnet50
+
 from conftest import FAST_HYPERPARAMETERS, channels_of, failure_reason, run_job
 
 

@@ -15,8 +15,7 @@ import pytest
 import requests
 
 from conftest import RunningServer
-from test_serve import (JPEG, _break_class_count, _break_missing_json, _break_weights,
-                        _test_images)
+from test_serve import JPEG, _break_class_count, _break_missing_json, _break_weights, _test_images
 
 MB = 2 ** 20
 

@@ -10,9 +10,9 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import channels_of, run_job
-from dogbreed.training.data import ImageListDataset, scan_channel
 from dogbreed.metrics import METRIC_DEFINITIONS, parse_metrics
 from dogbreed.model import build_model
+from dogbreed.training.data import ImageListDataset, scan_channel
 from dogbreed.transforms import eval_transform
 
 EPOCHS = 6
@@ -79,6 +79,7 @@ def test_job_writes_every_file_of_the_contract(finished_job):
     assert "_tuning_objective_metric" not in description["hyperparameters"]
     assert set(description["versions"]) == {"dogbreed", "torch", "torchvision", "python"}
     assert description["training"]["skipped_files"] == {"train": 2, "valid": 0, "test": 0}
+    assert description["training"]["data_pipeline"] == "cached"  # what auto picks here
     history = json.loads((base / "model" / "metrics.json").read_text())["epochs"]
     assert [row["epoch"] for row in history] == list(range(1, EPOCHS + 1))
 

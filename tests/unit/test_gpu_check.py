@@ -7,7 +7,9 @@ puts into a container: an `nvidia-smi` on PATH that prints what the real one pri
 module's version file."""
 
 from __future__ import annotations
+
 from dataclasses import replace
+
 from conftest import fake_nvidia_smi
 from dogbreed.gpu_check import (HostGpus, compat_dir, host_gpus, kernel_driver_version,
                                 unusable_gpu_reason)

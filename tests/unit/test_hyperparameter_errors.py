@@ -3,7 +3,9 @@
 job's output/failure)."""
 
 from __future__ import annotations
+
 import pytest
+
 from conftest import FAST_HYPERPARAMETERS
 from dogbreed.hyperparameters import HyperparameterError, parse_hyperparameters
 

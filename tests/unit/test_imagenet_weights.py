@@ -2,7 +2,9 @@
 usage errors (in process; functional/test_imagenet_weights_job.py trains on the weights)."""
 
 from __future__ import annotations
+
 import torch
+
 from conftest import fill_torch_cache
 
 

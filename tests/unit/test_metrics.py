@@ -5,8 +5,7 @@ from __future__ import annotations
 import math
 import re
 
-from dogbreed.metrics import (METRIC_DEFINITIONS, format_epoch_line, format_test_line,
-                              parse_metrics)
+from dogbreed.metrics import METRIC_DEFINITIONS, format_epoch_line, format_test_line, parse_metrics
 
 
 def test_epoch_and_test_lines_round_trip_through_the_regexes():

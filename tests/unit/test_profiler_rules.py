@@ -3,17 +3,20 @@ profiler rule made to fire and not to fire on synthetic series (small patience).
 jobs' traces are in functional/test_profiler.py."""
 
 from __future__ import annotations
+
 import json
 import time
 from pathlib import Path
 from types import SimpleNamespace
+
 import pynvml
 import pytest
+
 from conftest import profiler_rule
 from dogbreed.hyperparameters import parse_hyperparameters
 from dogbreed.profiling.profiler import build_profiler
+from dogbreed.profiling.rules import DEFAULT_PARAMETERS, evaluate_profiler_rules, rule_log_line
 from dogbreed.profiling.system_metrics import Nvml, SystemSampler
-from dogbreed.profiling.rules import (DEFAULT_PARAMETERS, evaluate_profiler_rules, rule_log_line)
 
 
 def test_profiler_off_builds_no_hook(tmp_path):

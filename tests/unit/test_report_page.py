@@ -3,10 +3,13 @@ and a clear error when there is nothing to show. Real jobs' reports are in
 functional/test_report.py."""
 
 from __future__ import annotations
+
 import json
 from pathlib import Path
+
 import numpy as np
 import pytest
+
 from conftest import images_of
 from dogbreed.debugging.trace import TraceWriter
 from dogbreed.reporting.report import ReportError, build_report

@@ -3,7 +3,9 @@ order, shards evenly, and a scaler state restores across precisions. The SIGTERM
 restart of real jobs is in functional/test_resume.py."""
 
 from __future__ import annotations
+
 import torch
+
 from dogbreed.training.data import EpochSampler
 
 

@@ -3,16 +3,18 @@ stays quiet otherwise; the offline evaluation reads back what the writer wrote. 
 are in functional/test_rules.py."""
 
 from __future__ import annotations
+
 import json
 import time
+
 import numpy as np
 import pytest
 import torch
+
 from dogbreed.debugging.hook import StallWatchdog
-from dogbreed.rule_specs import SPECS
 from dogbreed.debugging.rules import RuleRunner, evaluate_trace
 from dogbreed.debugging.trace import TraceStep
-
+from dogbreed.rule_specs import SPECS
 
 R = "smdebug/reductions/"
 
@@ -148,9 +150,9 @@ def test_early_mispredictions_do_not_count_forever():
 
 def test_a_step_the_fp16_scaler_skipped_is_not_saved(tmp_path):
     """Its gradients are inf by design; ExplodingTensor must not stop a healthy job."""
-    from dogbreed.training.callbacks import StepResult, TrainState
-    from dogbreed.debugging.hook import DebuggerHook
     from dogbreed.debugging.config import DebuggerConfig, collection_config
+    from dogbreed.debugging.hook import DebuggerHook
+    from dogbreed.training.callbacks import StepResult, TrainState
     model = torch.nn.Linear(3, 2)
     model(torch.ones(1, 3)).sum().backward()
     config = DebuggerConfig(tmp_path / "debug", {"gradients": collection_config("gradients", 1)},

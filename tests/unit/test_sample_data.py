@@ -1,9 +1,12 @@
 """The offline sample data: dogImages' layout and sharp edges, deterministic by seed."""
 
 from __future__ import annotations
+
 import hashlib
+
 import pytest
 from PIL import Image
+
 from dogbreed.images import is_readable_image
 from dogbreed.sample_data import NOT_AN_IMAGE_FILE, TRUNCATED_FILE, main, write_sample_data
 from dogbreed.training.data import label_from_folder

@@ -1,8 +1,10 @@
 """The smdebug trace format: record CRCs and tensor reductions match their definitions."""
 
 from __future__ import annotations
+
 import numpy as np
 import pytest
+
 from dogbreed.debugging.trace import TraceWriter, crc32c, reduce, reduction_name
 
 

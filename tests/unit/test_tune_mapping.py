@@ -3,10 +3,13 @@ intended Optuna parts. Studies over real child processes are in
 functional/test_local_tune.py."""
 
 from __future__ import annotations
+
 import math
+
 import optuna
 import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
 from conftest import tuning_config
 from dogbreed.metrics import format_epoch_line
 from launcher.local_tune import (ObjectiveReader, optuna_parameter, planned_jobs, pruner_for,

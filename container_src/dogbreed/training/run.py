@@ -38,10 +38,12 @@ from dogbreed.training import checkpoint
 from dogbreed.training.callbacks import Callback, CallbackList, ProgressLogger, TrainState, describe
 from dogbreed.training.data import (Channel, ChannelError, EpochSampler, ImageListDataset,
                                     scan_channel)
+from dogbreed.training.device_batches import DeviceBatches
 from dogbreed.training.distributed import (DistContext, StepVote, all_reduce_sum,
                                            broadcast_from_main, gather_objects, init_worker,
                                            is_torchrun_worker, launch_plan, run_torchrun, shutdown,
                                            sync_buffers)
+from dogbreed.training.image_store import StoreDoesNotFit, prepare_stores
 from dogbreed.training.loop import (EpochSums, Precision, evaluate, reduce_epoch_sums,
                                     train_one_epoch)
 from dogbreed.transforms import eval_preprocessing, eval_transform, train_transform
@@ -52,7 +54,7 @@ EXIT_INTERRUPTED = 128 + signal.SIGTERM
 SKIPPED_PATHS_SHOWN = 3
 # The user's mistakes: reported as one line, without a traceback.
 USER_ERRORS = (HyperparameterError, ChannelError, JobConfigError, PretrainedWeightsError,
-               checkpoint.ResumeError, DebuggerConfigError, GpuUnusable)
+               checkpoint.ResumeError, DebuggerConfigError, GpuUnusable, StoreDoesNotFit)
 
 
 class TrainingInterrupted(Exception):
@@ -166,8 +168,10 @@ class Job:
     """Everything set up before the first step: the data, its loaders and the model."""
     channels: dict[str, Channel]
     preprocessing: dict
-    train_loader: DataLoader
-    valid_loader: DataLoader
+    pipeline: str  # cached (the uint8 store, augmented on the device) or pil
+    train_loader: DataLoader | DeviceBatches
+    valid_loader: DataLoader | DeviceBatches
+    test_loader: DataLoader | DeviceBatches | None  # rank 0 alone evaluates the test set
     num_workers: int
     criterion: torch.nn.Module
     training: TrainingObjects
@@ -177,11 +181,8 @@ def set_up(env: JobEnvironment, hp: Hyperparameters, context: DistContext) -> Jo
     channels = shared_channels(env.channels, context)
     preprocessing = eval_preprocessing(hp.image_size)
     precision = choose_precision(hp, context)
-    num_workers = choose_num_workers(hp, context, env.num_cpus)
-    train_loader = make_loader(channels["train"], train_transform(preprocessing), hp, context,
-                               num_workers, shuffle=True)
-    valid_loader = make_loader(channels["valid"], eval_transform(preprocessing), hp, context,
-                               num_workers, shuffle=False)
+    pipeline, num_workers, loaders = data_loaders(hp, channels, preprocessing, precision,
+                                                  context, env.num_cpus)
     if hp.pretrained == "none" and hp.trainable != "all":
         _log(f"WARNING pretrained=none with trainable={hp.trainable}: the frozen layers keep "
              "their random weights; use trainable=all to train from scratch", context)
@@ -193,10 +194,13 @@ def set_up(env: JobEnvironment, hp: Hyperparameters, context: DistContext) -> Jo
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=hp.label_smoothing)
     _log(f"device {context.device}, {context.world_size} worker(s), precision "
          f"{precision.dtype or 'fp32'}, channels_last {precision.channels_last}, "
-         f"loader workers {num_workers}, batch size {hp.batch_size} per worker, "
+         f"data pipeline {pipeline}"
+         f"{f' ({num_workers} loader workers)' if pipeline == 'pil' else ''}, "
+         f"batch size {hp.batch_size} per worker, "
          f"{len(channels['train'].samples)} train / {len(channels['valid'].samples)} valid "
          f"images, {len(channels['train'].class_folders)} classes", context)
-    return Job(channels, preprocessing, train_loader, valid_loader, num_workers, criterion,
+    return Job(channels, preprocessing, pipeline, loaders["train"], loaders["valid"],
+               loaders.get("test"), num_workers, criterion,
                TrainingObjects(model, optimizer, scheduler, precision))
 
 
@@ -378,13 +382,60 @@ def make_loader(channel: Channel, transform, hp: Hyperparameters, context: DistC
                       persistent_workers=num_workers > 0, drop_last=drop_last)
 
 
+def data_loaders(hp: Hyperparameters, channels: dict[str, Channel], preprocessing: dict,
+                 precision: Precision, context: DistContext, num_cpus: int
+                 ) -> tuple[str, int, dict[str, DataLoader | DeviceBatches]]:
+    """(pipeline, PIL loader workers, a loader per channel): train and valid sharded over
+    the ranks, test whole (rank 0 alone evaluates it)."""
+    stores = image_stores(hp, channels, preprocessing, context, num_cpus)
+    contexts = {"train": context, "valid": context,
+                "test": DistContext(0, 0, 1, context.device)}
+    if stores is not None:
+        return "cached", 0, {name: make_store_loader(
+            stores[name], channel, preprocessing, hp, contexts[name], precision,
+            train=name == "train") for name, channel in channels.items()}
+    workers = choose_num_workers(hp, context, num_cpus)
+    return "pil", workers, {name: make_loader(
+        channel, (train_transform if name == "train" else eval_transform)(preprocessing), hp,
+        contexts[name], workers, shuffle=name == "train") for name, channel in channels.items()}
+
+
+def image_stores(hp: Hyperparameters, channels: dict[str, Channel], preprocessing: dict,
+                 context: DistContext, num_cpus: int) -> dict[str, torch.Tensor] | None:
+    """Each channel decoded once (data-pipeline cached, or auto); None: the PIL loader."""
+    if hp.data_pipeline == "pil":
+        return None
+    try:
+        return prepare_stores(channels, preprocessing, context, num_cpus,
+                              log=lambda message: _log(message, context))
+    except StoreDoesNotFit as error:
+        if hp.data_pipeline == "cached":
+            raise StoreDoesNotFit(f"data-pipeline=cached: {error}") from None
+        _log(f"WARNING data-pipeline=auto falls back to the PIL loader: {error}", context)
+        return None
+
+
+def make_store_loader(records: torch.Tensor, channel: Channel, preprocessing: dict,
+                      hp: Hyperparameters, context: DistContext, precision: Precision,
+                      train: bool) -> DeviceBatches:
+    sampler = EpochSampler(len(channel.samples), shuffle=train, seed=hp.seed,
+                           rank=context.rank, world_size=context.world_size)
+    return DeviceBatches(records, [label for _, label in channel.samples], sampler,
+                         hp.batch_size, preprocessing, context.device, train=train,
+                         channels_last=precision.channels_last,
+                         drop_last=train and len(sampler) % hp.batch_size == 1)
+
+
 def make_optimizer(model: torch.nn.Module, hp: Hyperparameters) -> torch.optim.Optimizer:
+    """On GPUs the fused kernels (one launch for all parameters instead of several per
+    tensor); elsewhere torch's default (foreach where it applies)."""
     groups = parameter_groups(model, hp.lr, hp.weight_decay, hp.pretrained)
+    fused = {"fused": True} if next(model.parameters()).is_cuda else {}
     if hp.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=hp.lr, momentum=0.9, nesterov=True)
+        return torch.optim.SGD(groups, lr=hp.lr, momentum=0.9, nesterov=True, **fused)
     if hp.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=hp.lr)
-    return torch.optim.AdamW(groups, lr=hp.lr)
+        return torch.optim.Adam(groups, lr=hp.lr, **fused)
+    return torch.optim.AdamW(groups, lr=hp.lr, **fused)
 
 
 @dataclass
@@ -500,11 +551,8 @@ def finish(env: JobEnvironment, hp: Hyperparameters, context: DistContext, job: 
     best_metrics = next(row for row in state.history if row["epoch"] == early_stop.best_epoch)
     final = dict(best_metrics)
     channels = job.channels
-    if "test" in channels:
-        test_loader = make_loader(channels["test"], eval_transform(job.preprocessing), hp,
-                                  DistContext(0, 0, 1, context.device), job.num_workers,
-                                  shuffle=False)
-        test_loss, test_accuracy, _ = evaluate(model, test_loader, precision, context,
+    if job.test_loader is not None:
+        test_loss, test_accuracy, _ = evaluate(model, job.test_loader, precision, context,
                                                distributed=False)
         final.update(test_loss=test_loss, test_accuracy=test_accuracy)
         _log(metrics.format_test_line(final), context)
@@ -524,7 +572,7 @@ def finish(env: JobEnvironment, hp: Hyperparameters, context: DistContext, job: 
                   "skipped_files": {name: len(channel.skipped)
                                     for name, channel in channels.items()},
                   "images": {name: len(channel.samples) for name, channel in channels.items()},
-                  "loader_workers": job.num_workers})
+                  "data_pipeline": job.pipeline, "loader_workers": job.num_workers})
     if early_stop.stopped_by_callback:
         _write_failure(env.paths, f"stopped early: {early_stop.stopped_early}")
     else:
