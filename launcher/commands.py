@@ -297,8 +297,8 @@ def report(args, config: Config, workdir: Path) -> int:
     output_data = None
     if output:
         try:
-            output_data = job_outputs(Path(_fetched(config, output, scratch)),
-                                      scratch).output_data
+            output_data = job_outputs(Path(_fetched(config, output, scratch)), scratch,
+                                      "output data").output_data
         except LauncherError as error:  # e.g. a job from before the output data existed
             if model_dir is None:
                 raise

@@ -41,7 +41,7 @@ def port_is_free(port: int) -> bool:
 def model_dir_of(artifact: Path, unpack_to: Path) -> Path:
     """A folder with model.json and the weights, from a model/ folder, a model.tar.gz or a
     job folder (`find_job_outputs`; an archive is unpacked under `unpack_to`)."""
-    folder = job_outputs(artifact, unpack_to).model_dir
+    folder = job_outputs(artifact, unpack_to, "model").model_dir
     missing = [name for name in MODEL_FILES if folder is None or not (folder / name).is_file()]
     if missing:
         raise LauncherError(f"{artifact} is not a model: no {', '.join(missing)} (give a "

@@ -52,11 +52,12 @@ def _write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n")
 
 
-def job_outputs(source: Path, unpack_to: Path) -> JobOutputs:
+def job_outputs(source: Path, unpack_to: Path, role: str) -> JobOutputs:
     """The model and output data in a job folder, a model/ or output/data/ folder, or a
     model.tar.gz or output.tar.gz (unpacked under `unpack_to`): the one finder every
-    command and backend uses (`dogbreed.job_outputs`), with the launcher's errors."""
+    command and backend uses (`dogbreed.job_outputs`), with the launcher's errors, which
+    name the `role` the user gave `source` for ("model", "output data")."""
     try:
         return find_job_outputs(Path(source), unpack_to)
     except JobOutputsError as error:
-        raise LauncherError(str(error)) from None
+        raise LauncherError(f"{role} {error}") from None

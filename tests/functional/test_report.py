@@ -167,8 +167,8 @@ def test_one_finder_locates_the_model_and_output_data_in_folders_and_archives(jo
         tar.add(model / "model.json", arcname="notes/model.json")
     with pytest.raises(JobOutputsError, match="holds no job results"):
         find_job_outputs(junk, tmp_path / "s3")
-    with pytest.raises(LauncherError, match="nowhere.tar.gz not found"):
-        job_outputs(tmp_path / "nowhere.tar.gz", tmp_path / "s4")
+    with pytest.raises(LauncherError, match="^output data .*nowhere.tar.gz not found: give"):
+        job_outputs(tmp_path / "nowhere.tar.gz", tmp_path / "s4", "output data")
     (tmp_path / "notes.txt").write_text("not a job")
     with pytest.raises(JobOutputsError, match="neither a folder nor a .tar.gz"):
         find_job_outputs(tmp_path / "notes.txt", tmp_path / "s5")
