@@ -64,6 +64,7 @@ benchmark: venv system-packages
 	$(VENV_PYTHON) benchmarks/serve_latency.py
 	$(VENV_PYTHON) benchmarks/tune_overhead.py
 	$(VENV_PYTHON) benchmarks/debugger_overhead.py
+	$(VENV_PYTHON) benchmarks/pipeline_accuracy.py
 
 # The base, training and serving images (docker/build.sh says which settings it takes:
 # BASE_IMAGE, IMAGENET_WEIGHTS, CUDA_COMPAT, TORCH_INDEX_URL, TAG).

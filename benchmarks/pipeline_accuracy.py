@@ -20,8 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from dogbreed.sample_data import write_sample_data
-from launcher.job_dir import prepare_training_dir
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # launcher, from the checkout
+from dogbreed.sample_data import write_sample_data  # noqa: E402
+from launcher.job_dir import prepare_training_dir  # noqa: E402
 
 
 def run(base: Path, data: Path, hyperparameters: dict) -> dict:
