@@ -17,7 +17,7 @@ from torchvision.transforms import RandomResizedCrop
 from dogbreed.hyperparameters import parse_hyperparameters
 from dogbreed.images import open_rgb
 from dogbreed.training import image_store
-from dogbreed.training.data import EpochSampler, scan_channel
+from dogbreed.training.data import ChannelError, EpochSampler, scan_channel
 from dogbreed.training.device_batches import DeviceBatches, augment, random_crop_boxes
 from dogbreed.training.distributed import DistContext
 from dogbreed.training.image_store import StoreDoesNotFit, choose_location, prepare_stores
@@ -176,3 +176,18 @@ def test_a_large_jpeg_decodes_in_draft_mode_to_the_record_size(tmp_path):
     record = image_store.decode_record(str(path), spec, eval_preprocessing(64))
     assert record.shape == (73, 73, 3)
     assert abs(int(record[..., 0].mean()) - 200) <= 3
+
+
+def test_a_build_that_fails_names_the_channel_and_leaves_no_file(sample_data, tmp_path,
+                                                                 monkeypatch):
+    monkeypatch.setenv(image_store.SCRATCH_ENV, str(tmp_path))
+    monkeypatch.setattr(image_store, "SHARED_MEMORY", tmp_path / "no-shm")
+
+    def truncated(*args, **kwargs):
+        raise OSError("image file is truncated (7 bytes not processed)")
+    monkeypatch.setattr(image_store, "build_store", truncated)
+    channel = scan_channel("train", sample_data / "train")
+    with pytest.raises(ChannelError, match="channel 'train': an image that passed the "
+                       "readability check cannot be decoded: image file is truncated"):
+        prepare_stores({"train": channel}, eval_preprocessing(64), CPU, num_cpus=2, log=print)
+    assert list(tmp_path.iterdir()) == []

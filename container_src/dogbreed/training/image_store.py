@@ -157,13 +157,15 @@ def prepare_stores(channels: dict, preprocessing: dict, context, num_cpus: int,
     if error:
         raise StoreDoesNotFit(error)
     local_size = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    paths = {name: Path(folder) / f"dogbreed-{token}-{name}.u8" for name in specs}
-    if context.local_rank == 0:
-        for name, spec in specs.items():
-            with open(paths[name], "xb") as handle:
-                handle.truncate(spec.total_bytes)
-    all_reduce_sum([0.0], context)  # the files exist on every host
-    try:
+    # Named per host (its first rank): hosts simulated on one machine share /dev/shm.
+    host = context.rank - context.local_rank
+    paths = {name: Path(folder) / f"dogbreed-{token}-host{host}-{name}.u8" for name in specs}
+    try:  # whatever fails from here on, the host's first rank removes the files
+        if context.local_rank == 0:
+            for name, spec in specs.items():
+                with open(paths[name], "xb") as handle:
+                    handle.truncate(spec.total_bytes)
+        all_reduce_sum([0.0], context)  # the files exist on every host
         for name, spec in specs.items():
             started = time.perf_counter()
             try:
