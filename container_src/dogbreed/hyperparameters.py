@@ -167,9 +167,13 @@ SPECS: tuple[Spec, ...] = (
     Spec("num-workers", "auto", "custom", "loader processes; auto = 1 on CPU, min(8, CPUs "
          "per GPU - 1) on GPU", allowed="`auto`, 0..64", parse=_parse_num_workers),
     Spec("data-pipeline", "auto", "choice", "cached: every image decoded once per job into a "
-         "uint8 store, cropped, flipped and normalised on the device (GPU or CPU); pil: "
-         "decoded and augmented again in every epoch by loader processes; auto = cached, or "
-         "pil with a warning when the store fits nowhere", choices=("auto", "cached", "pil")),
+         "uint8 store, cropped, flipped and normalised on the device (GPU or CPU); features "
+         "(trainable=fc only): the frozen backbone run once per image on that store, the "
+         "epochs train the head alone on its features, without augmentation; pil: decoded "
+         "and augmented again in every epoch by loader processes; auto = features with "
+         "trainable=fc (unless the debugger collects relu_input, weights or biases), else "
+         "cached; pil with a warning when the store fits nowhere",
+         choices=("auto", "features", "cached", "pil")),
     Spec("amp", "auto", "choice", "auto = bf16 where the GPU has it, else fp16; always off "
          "on CPU. channels_last is used on GPU", choices=AMP_CHOICES),
     Spec("debugger", "on", "choice", "the debugger hook (below)", choices=ON_OFF),

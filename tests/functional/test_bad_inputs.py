@@ -22,6 +22,16 @@ def test_a_bad_hyperparameter_fails_the_job_with_its_reason(sample_data, tmp_pat
     assert not (tmp_path / "model" / "model.safetensors").exists()
 
 
+def test_features_asked_with_a_trainable_backbone_fail_before_training(sample_data, tmp_path):
+    result = run_job(tmp_path, dict(FAST_HYPERPARAMETERS, **{"data-pipeline": "features"}),
+                     channels_of(sample_data))
+    assert result.returncode == 1
+    assert failure_reason(tmp_path).startswith(
+        "data-pipeline=features needs trainable=fc: with trainable=all the backbone changes")
+    assert "decoded" not in result.stdout  # refused before any image was decoded
+    assert not (tmp_path / "checkpoints" / "checkpoint.pt").exists()
+
+
 def test_missing_train_channel(sample_data, tmp_path):
     result = run_job(tmp_path, FAST_HYPERPARAMETERS, channels_of(sample_data, ("valid", "test")))
     assert result.returncode == 1

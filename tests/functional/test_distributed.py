@@ -30,6 +30,23 @@ def test_two_workers_on_one_host(sample_data, tmp_path):
     assert [row["train_images"] for row in history] == [120, 120]
 
 
+def test_two_workers_share_the_feature_computation(sample_data, tmp_path):
+    """trainable=fc under DDP: each rank computes half the features, both train the head
+    on all of them (each its shard of every epoch), rank 0 alone computes the test set's."""
+    result = run_job(tmp_path, dict(FAST_HYPERPARAMETERS, trainable="fc"),
+                     channels_of(sample_data), DOGBREED_PROCS_PER_HOST="2",
+                     DOGBREED_MASTER_PORT=str(free_port()))
+    assert result.returncode == 0, result.stdout + result.stderr
+    description = json.loads((tmp_path / "model" / "model.json").read_text())
+    assert description["training"]["world_size"] == 2
+    assert description["training"]["data_pipeline"] == "features"
+    assert result.stdout.count("channel train: features of 120 images computed once") == 1
+    assert result.stdout.count("channel test: features of 15 images computed once") == 1
+    history = json.loads((tmp_path / "model" / "metrics.json").read_text())["epochs"]
+    assert [row["train_images"] for row in history] == [120, 120]
+    assert len(parse_metrics(result.stdout)["test_accuracy"]) == 1
+
+
 def test_sigterm_to_two_workers_checkpoints_and_the_restart_completes(sample_data, tmp_path):
     """torchrun passes SIGTERM to both ranks (and their loader workers); they must agree
     where to stop, save one checkpoint with both ranks' sums, and exit 143."""

@@ -110,6 +110,39 @@ def test_sigterm_mid_epoch_then_restart_completes_from_the_checkpoint(sample_dat
     assert_same_training(tmp_path, uninterrupted)
 
 
+def test_a_features_job_stopped_before_its_first_step_resumes_as_if_never_stopped(
+        sample_data, tmp_path):
+    """The head's epochs take milliseconds here, too little to aim a signal at: SIGTERM
+    goes while the stores are decoded, the job stops after step 1 of epoch 1, and the
+    restart computes the same features again and ends with the uninterrupted job's
+    weights and metrics."""
+    hyperparameters = dict(FAST_HYPERPARAMETERS, epochs=EPOCHS, trainable="fc")
+    channels = channels_of(sample_data)
+    prepare_training_dir(tmp_path, hyperparameters, channels)
+    process = subprocess.Popen([sys.executable, "-m", "dogbreed.train"],
+                               env=job_env(tmp_path), stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    lines = []
+    for line in process.stdout:
+        lines.append(line)
+        if line.startswith("decoded 120 images of channel train once"):
+            process.send_signal(signal.SIGTERM)
+            break
+    lines += process.stdout.readlines()
+    assert process.wait(timeout=300) == 128 + signal.SIGTERM, "".join(lines)
+    assert "stopped: SIGTERM during epoch 1 after step 1;" in "".join(lines)
+    saved = torch.load(tmp_path / "checkpoints" / "checkpoint.pt", weights_only=True)
+    assert (saved["epoch"], saved["sums"]["step"]) == (1, 1)
+    (tmp_path / "output" / "failure").unlink()
+    second = run_job(tmp_path, hyperparameters, channels)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "data pipeline features" in second.stdout
+    description = json.loads((tmp_path / "model" / "model.json").read_text())
+    assert description["training"]["resumed_from"] == {"epoch": 1, "step": 1}
+    whole = uninterrupted_job(sample_data, tmp_path / "uninterrupted", trainable="fc")
+    assert_same_training(tmp_path, whole)
+
+
 def test_sigterm_between_epochs_then_restart_ends_bit_identical(sample_data, tmp_path,
                                                                 uninterrupted):
     """SIGTERM as epoch 1's line appears: the job stops after epoch 1 or early in epoch 2,

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import channels_of, run_job
+from conftest import FAST_HYPERPARAMETERS, channels_of, run_job
 from dogbreed.metrics import METRIC_DEFINITIONS, parse_metrics
 from dogbreed.model import build_model
 from dogbreed.training.data import ImageListDataset, scan_channel
@@ -67,6 +67,26 @@ def test_the_pil_pipeline_learns_as_well_as_the_cached_one(finished_job, sample_
     assert "data pipeline pil" in pil_job.stdout
     assert min(cached, pil) >= MIN_TEST_ACCURACY and abs(cached - pil) <= PIPELINE_TOLERANCE, \
         (cached, pil)
+
+
+def test_a_head_only_job_runs_the_backbone_once_per_image(sample_data, tmp_path):
+    """trainable=fc: auto picks the features pipeline; the epochs train the head alone."""
+    result = run_job(tmp_path, dict(FAST_HYPERPARAMETERS, epochs=3, trainable="fc"),
+                     channels_of(sample_data))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "data pipeline features" in result.stdout
+    for channel, count in (("train", 120), ("valid", 15), ("test", 15)):
+        assert result.stdout.count(f"channel {channel}: features of {count} images computed "
+                                   "once") == 1
+    description = json.loads((tmp_path / "model" / "model.json").read_text())
+    assert description["training"]["data_pipeline"] == "features"
+    history = json.loads((tmp_path / "model" / "metrics.json").read_text())["epochs"]
+    assert [row["train_images"] for row in history] == [120, 120, 120]
+    assert history[-1]["valid_loss"] < history[0]["valid_loss"]
+    assert len(parse_metrics(result.stdout)["test_accuracy"]) == 1
+    # The artifact is the whole model, the frozen backbone included.
+    assert description["num_classes"] == 5
+    assert (tmp_path / "model" / "model.safetensors").stat().st_size > 90_000_000
 
 
 def test_metric_lines_have_the_documented_form(finished_job):

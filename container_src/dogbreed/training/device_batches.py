@@ -81,6 +81,11 @@ def augment(records: torch.Tensor, preprocessing: dict, seed: int) -> torch.Tens
     return to_model_input(crops, preprocessing)
 
 
+def batch_count(samples: int, batch_size: int, drop_last: bool) -> int:
+    """Batches per epoch, as a DataLoader counts them."""
+    return samples // batch_size if drop_last else -(-samples // batch_size)
+
+
 class DeviceBatches:
     """What a DataLoader gives the loop (`len`, iteration, `.sampler`), from the store."""
 
@@ -93,8 +98,7 @@ class DeviceBatches:
         self.channels_last, self.drop_last = channels_last, drop_last
 
     def __len__(self) -> int:
-        count = len(self.sampler)
-        return count // self.batch_size if self.drop_last else -(-count // self.batch_size)
+        return batch_count(len(self.sampler), self.batch_size, self.drop_last)
 
     def batch_seed(self, number: int) -> int:
         """The augmentation seed of this epoch's batch `number` on this rank."""

@@ -152,6 +152,13 @@ def all_reduce_sum(values: list[float], context: DistContext) -> list[float]:
     return tensor.tolist()
 
 
+def all_reduce_tensor_sum(tensor: torch.Tensor, context: DistContext) -> torch.Tensor:
+    """Sum a tensor over all ranks, on its device (NCCL for GPU tensors, gloo on CPUs)."""
+    if context.enabled:
+        dist.all_reduce(tensor)
+    return tensor
+
+
 class StepVote:
     """Per-step flags (stop requested?) summed over all ranks without waiting for them:
     each step starts a non-blocking all-reduce on the CPU group and reads the one started
@@ -208,6 +215,15 @@ def sync_buffers(model: torch.nn.Module, context: DistContext) -> None:
         return
     for buffer in model.buffers():
         dist.broadcast(buffer, src=0)
+
+
+def broadcast_state_from_main(module: torch.nn.Module, context: DistContext) -> None:
+    """Rank 0's parameters and buffers on every rank (what DDP's wrapper does at its start,
+    for a module that no wrapper holds)."""
+    if not context.enabled:
+        return
+    for tensor in module.state_dict().values():
+        dist.broadcast(tensor, src=0)
 
 
 def shutdown(context: DistContext) -> None:

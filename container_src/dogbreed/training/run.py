@@ -14,7 +14,7 @@ import random
 import signal
 import sys
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from dogbreed import artifact, metrics
-from dogbreed.debugging.config import DebuggerConfigError, debugger_config
+from dogbreed.debugging.config import DebuggerConfig, DebuggerConfigError, debugger_config
 from dogbreed.debugging.hook import DebuggerHook
 from dogbreed.gpu_check import GpuUnusable, require_usable_gpus
 from dogbreed.hyperparameters import HyperparameterError, Hyperparameters, parse_hyperparameters
@@ -40,15 +40,20 @@ from dogbreed.training.data import (Channel, ChannelError, EpochSampler, ImageLi
                                     scan_channel)
 from dogbreed.training.device_batches import DeviceBatches
 from dogbreed.training.distributed import (DistContext, StepVote, all_reduce_sum,
-                                           broadcast_from_main, gather_objects, init_worker,
-                                           is_torchrun_worker, launch_plan, run_torchrun, shutdown,
-                                           sync_buffers)
+                                           broadcast_from_main, broadcast_state_from_main,
+                                           gather_objects, init_worker, is_torchrun_worker,
+                                           launch_plan, run_torchrun, shutdown, sync_buffers)
+from dogbreed.training.feature_cache import (FeatureBatches, FeatureHead, compute_features,
+                                             eval_view)
 from dogbreed.training.image_store import StoreDoesNotFit, prepare_stores
 from dogbreed.training.loop import (EpochSums, Precision, evaluate, reduce_epoch_sums,
                                     train_one_epoch)
 from dogbreed.transforms import eval_preprocessing, eval_transform, train_transform
 
 EXIT_FAILED = 1
+# Debugger collections that read the backbone's layers (which the features pipeline runs
+# once per job, not in every step).
+BACKBONE_COLLECTIONS = ("relu_input", "weights", "biases")
 RULES_FILE = "rules.json"  # the debugger rules' statuses, in output/data/
 EXIT_INTERRUPTED = 128 + signal.SIGTERM
 SKIPPED_PATHS_SHOWN = 3
@@ -65,12 +70,17 @@ class TrainingDiverged(Exception):
     """No epoch produced a finite validation loss: there is no model worth saving."""
 
 
+def job_debugger_config(hp: Hyperparameters, env: JobEnvironment) -> DebuggerConfig | None:
+    """The debugger's collections and rules: from the hyperparameters and SageMaker's
+    hook configuration file."""
+    return debugger_config(hp, env.paths.base / "input" / "config",
+                           env.paths.output_data / "debug")
+
+
 def extra_callbacks(hp: Hyperparameters, env: JobEnvironment,
-                    context: DistContext) -> list[Callback]:
+                    debugging: DebuggerConfig | None) -> list[Callback]:
     """Where the debugger and profiler plug into the loop."""
     callbacks: list[Callback] = []
-    debugging = debugger_config(hp, env.paths.base / "input" / "config",
-                                env.paths.output_data / "debug")
     if debugging is not None:
         callbacks.append(DebuggerHook(debugging, env.paths.output_data / RULES_FILE,
                                       env.paths.output / _failure_name()))
@@ -134,15 +144,16 @@ def run_job(env: JobEnvironment, hp: Hyperparameters, context: DistContext) -> i
     use_deterministic_algorithms(hp)
     _seed_everything(hp.seed + context.rank)
     _log(f"dogbreed training: {hp.as_dict()}", context)
-    job = set_up(env, hp, context)
+    debugging = job_debugger_config(hp, env)
+    job = set_up(env, hp, context, debugging)
     progress = resume(env.paths, hp, job.channels["train"].class_folders, job.training,
                       context)
-    state = TrainState(model=wrap_for_ddp(job.training.model, hp, context),
+    state = TrainState(model=wrap_for_ddp(job.stepped, hp, context),
                        optimizer=job.training.optimizer, epochs=hp.epochs,
                        rank=context.rank, world_size=context.world_size,
                        epoch=progress.epoch, global_step=progress.global_step,
                        history=progress.history)
-    callbacks = CallbackList([ProgressLogger()] + extra_callbacks(hp, env, context))
+    callbacks = CallbackList([ProgressLogger()] + extra_callbacks(hp, env, debugging))
     _log(f"callbacks: {describe(callbacks.callbacks)}", context)
     callbacks.on_train_begin(state)
     try:  # the hooks close their files also when training fails or is interrupted
@@ -160,7 +171,10 @@ class TrainingObjects:
     model: torch.nn.Module  # unwrapped (not the DDP wrapper)
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
-    precision: Precision
+    precision: Precision  # the loop's (no channels_last for the head on features)
+
+
+Loader = DataLoader | DeviceBatches | FeatureBatches
 
 
 @dataclass
@@ -168,26 +182,35 @@ class Job:
     """Everything set up before the first step: the data, its loaders and the model."""
     channels: dict[str, Channel]
     preprocessing: dict
-    pipeline: str  # cached (the uint8 store, augmented on the device) or pil
-    train_loader: DataLoader | DeviceBatches
-    valid_loader: DataLoader | DeviceBatches
-    test_loader: DataLoader | DeviceBatches | None  # rank 0 alone evaluates the test set
+    # features (the head on backbone features computed once), cached (the uint8 store,
+    # augmented on the device) or pil
+    pipeline: str
+    train_loader: Loader
+    valid_loader: Loader
+    test_loader: Loader | None  # rank 0 alone evaluates the test set
     num_workers: int
     criterion: torch.nn.Module
     training: TrainingObjects
+    # What the loop trains and evaluates: the model, or its head alone (features).
+    stepped: torch.nn.Module
 
 
-def set_up(env: JobEnvironment, hp: Hyperparameters, context: DistContext) -> Job:
+def set_up(env: JobEnvironment, hp: Hyperparameters, context: DistContext,
+           debugging: DebuggerConfig | None = None) -> Job:
     channels = shared_channels(env.channels, context)
     preprocessing = eval_preprocessing(hp.image_size)
     precision = choose_precision(hp, context)
-    pipeline, num_workers, loaders = data_loaders(hp, channels, preprocessing, precision,
-                                                  context, env.num_cpus)
+    wanted = choose_pipeline(hp, debugging)
     if hp.pretrained == "none" and hp.trainable != "all":
         _log(f"WARNING pretrained=none with trainable={hp.trainable}: the frozen layers keep "
              "their random weights; use trainable=all to train from scratch", context)
     model = build_model(len(channels["train"].class_folders), hp.pretrained, hp.trainable)
     model = model.to(context.device, memory_format=_memory_format(precision))
+    pipeline, num_workers, loaders = data_loaders(hp, wanted, channels, preprocessing,
+                                                  precision, context, env.num_cpus, model)
+    stepped: torch.nn.Module = model
+    if pipeline == "features":
+        stepped, precision = FeatureHead(model), replace(precision, channels_last=False)
     optimizer = make_optimizer(model, hp)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=hp.epochs,
                                                            eta_min=hp.lr * 0.01)
@@ -201,7 +224,31 @@ def set_up(env: JobEnvironment, hp: Hyperparameters, context: DistContext) -> Jo
          f"images, {len(channels['train'].class_folders)} classes", context)
     return Job(channels, preprocessing, pipeline, loaders["train"], loaders["valid"],
                loaders.get("test"), num_workers, criterion,
-               TrainingObjects(model, optimizer, scheduler, precision))
+               TrainingObjects(model, optimizer, scheduler, precision), stepped)
+
+
+def choose_pipeline(hp: Hyperparameters, debugging: DebuggerConfig | None) -> str:
+    """The pipeline the job asks for (the store may still not fit: `data_loaders`).
+    auto = features where that is the same training (a frozen backbone, and no debugger
+    collection that reads its layers in every step), else cached."""
+    reads_backbone = sorted(set(BACKBONE_COLLECTIONS) & set(debugging.collections)) \
+        if debugging is not None else []
+    if hp.data_pipeline == "features":
+        if hp.trainable != "fc":
+            raise HyperparameterError(
+                f"data-pipeline=features needs trainable=fc: with trainable={hp.trainable} "
+                "the backbone changes every step and its features cannot be computed once; "
+                "use data-pipeline=auto or cached")
+        if reads_backbone:
+            raise HyperparameterError(
+                f"data-pipeline=features runs the backbone once per job, not in every step, "
+                f"so the debugger collection(s) {', '.join(reads_backbone)} would record "
+                "nothing of it; use data-pipeline=cached, or leave those collections (and "
+                "the rules that read them) out")
+        return "features"
+    if hp.data_pipeline == "auto":
+        return "features" if hp.trainable == "fc" and not reads_backbone else "cached"
+    return hp.data_pipeline
 
 
 def wrap_for_ddp(model: torch.nn.Module, hp: Hyperparameters,
@@ -259,8 +306,8 @@ def train_epochs(env: JobEnvironment, hp: Hyperparameters, context: DistContext,
                  context)
             return
         epoch_metrics = reduce_epoch_sums(progress.sums, context).metrics()
-        sync_buffers(model, context)
-        valid_loss, valid_accuracy, _ = evaluate(model, job.valid_loader,
+        sync_buffers(job.stepped, context)
+        valid_loss, valid_accuracy, _ = evaluate(job.stepped, job.valid_loader,
                                                  job.training.precision, context,
                                                  distributed=True)
         epoch_metrics.update(valid_loss=valid_loss, valid_accuracy=valid_accuracy)
@@ -382,14 +429,18 @@ def make_loader(channel: Channel, transform, hp: Hyperparameters, context: DistC
                       persistent_workers=num_workers > 0, drop_last=drop_last)
 
 
-def data_loaders(hp: Hyperparameters, channels: dict[str, Channel], preprocessing: dict,
-                 precision: Precision, context: DistContext, num_cpus: int
-                 ) -> tuple[str, int, dict[str, DataLoader | DeviceBatches]]:
+def data_loaders(hp: Hyperparameters, wanted: str, channels: dict[str, Channel],
+                 preprocessing: dict, precision: Precision, context: DistContext, num_cpus: int,
+                 model: torch.nn.Module) -> tuple[str, int, dict[str, Loader]]:
     """(pipeline, PIL loader workers, a loader per channel): train and valid sharded over
-    the ranks, test whole (rank 0 alone evaluates it)."""
-    stores = image_stores(hp, channels, preprocessing, context, num_cpus)
+    the ranks, test whole (rank 0 alone evaluates it). `wanted`: `choose_pipeline`'s."""
+    stores = image_stores(hp, channels, preprocessing, context, num_cpus) \
+        if wanted != "pil" else None
     contexts = {"train": context, "valid": context,
                 "test": DistContext(0, 0, 1, context.device)}
+    if stores is not None and wanted == "features":
+        return "features", 0, feature_loaders(stores, channels, preprocessing, hp, precision,
+                                              contexts, model)
     if stores is not None:
         return "cached", 0, {name: make_store_loader(
             stores[name], channel, preprocessing, hp, contexts[name], precision,
@@ -402,15 +453,16 @@ def data_loaders(hp: Hyperparameters, channels: dict[str, Channel], preprocessin
 
 def image_stores(hp: Hyperparameters, channels: dict[str, Channel], preprocessing: dict,
                  context: DistContext, num_cpus: int) -> dict[str, torch.Tensor] | None:
-    """Each channel decoded once (data-pipeline cached, or auto); None: the PIL loader."""
+    """Each channel decoded once (data-pipeline features, cached, or auto); None: the PIL
+    loader."""
     if hp.data_pipeline == "pil":
         return None
     try:
         return prepare_stores(channels, preprocessing, context, num_cpus,
                               log=lambda message: _log(message, context))
     except StoreDoesNotFit as error:
-        if hp.data_pipeline == "cached":
-            raise StoreDoesNotFit(f"data-pipeline=cached: {error}") from None
+        if hp.data_pipeline != "auto":
+            raise StoreDoesNotFit(f"data-pipeline={hp.data_pipeline}: {error}") from None
         _log(f"WARNING data-pipeline=auto falls back to the PIL loader: {error}", context)
         return None
 
@@ -424,6 +476,34 @@ def make_store_loader(records: torch.Tensor, channel: Channel, preprocessing: di
                          hp.batch_size, preprocessing, context.device, train=train,
                          channels_last=precision.channels_last,
                          drop_last=train and len(sampler) % hp.batch_size == 1)
+
+
+def feature_loaders(stores: dict[str, torch.Tensor], channels: dict[str, Channel],
+                    preprocessing: dict, hp: Hyperparameters, precision: Precision,
+                    contexts: dict[str, DistContext], model: torch.nn.Module
+                    ) -> dict[str, FeatureBatches]:
+    """The frozen backbone run once over each channel's eval view (`feature_cache`); the
+    test set by rank 0 alone. Every rank computes with rank 0's backbone (with
+    pretrained=none each rank drew its own)."""
+    broadcast_state_from_main(model, contexts["train"])
+    loaders = {}
+    for name, channel in channels.items():
+        context = contexts[name]
+        if name == "test" and not contexts["train"].is_main:
+            continue
+        records = stores[name]
+        if name == "train":
+            records = eval_view(records, preprocessing["center_crop"])
+        features = compute_features(model, records, preprocessing, hp.batch_size, precision,
+                                    context, log=lambda message: _log(
+                                        f"channel {name}: {message}", context))
+        train = name == "train"
+        sampler = EpochSampler(len(channel.samples), shuffle=train, seed=hp.seed,
+                               rank=context.rank, world_size=context.world_size)
+        loaders[name] = FeatureBatches(features, [label for _, label in channel.samples],
+                                       sampler, hp.batch_size,
+                                       drop_last=train and len(sampler) % hp.batch_size == 1)
+    return loaders
 
 
 def make_optimizer(model: torch.nn.Module, hp: Hyperparameters) -> torch.optim.Optimizer:
@@ -552,7 +632,7 @@ def finish(env: JobEnvironment, hp: Hyperparameters, context: DistContext, job: 
     final = dict(best_metrics)
     channels = job.channels
     if job.test_loader is not None:
-        test_loss, test_accuracy, _ = evaluate(model, job.test_loader, precision, context,
+        test_loss, test_accuracy, _ = evaluate(job.stepped, job.test_loader, precision, context,
                                                distributed=False)
         final.update(test_loss=test_loss, test_accuracy=test_accuracy)
         _log(metrics.format_test_line(final), context)
