@@ -111,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     predict = command("predict", "Send images to the deployed endpoint and print the top-k "
                       "breeds for each.", backend=False)
-    predict.add_argument("images", nargs="+", metavar="IMAGE", help="JPEG or PNG files")
+    predict.add_argument("images", nargs="+", metavar="IMAGE",
+                         help="JPEG, PNG, WebP or HEIC files")
     predict.add_argument("--endpoint", help="endpoint name (default: the last deployed)")
     predict.add_argument("--top-k", type=int, choices=range(1, 134), metavar="K",
                          help="breeds per image, 1..133 (default: serving.top_k, 5)")

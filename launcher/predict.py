@@ -15,7 +15,8 @@ from typing import Callable
 from launcher.errors import LauncherError
 
 MAX_BYTES = 6 * 1024 * 1024  # SageMaker's real-time payload limit
-SIGNATURES = {b"\xff\xd8\xff": "image/jpeg", b"\x89PNG\r\n\x1a\n": "image/png"}
+# ISO-BMFF brands of HEVC-coded HEIF files (what phones write as .heic).
+HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1"}
 
 
 @dataclass
@@ -27,17 +28,29 @@ class Answer:
 
 
 def content_type_of(path: Path) -> str:
-    """image/jpeg or image/png from the file's first bytes, or a clear error."""
+    """The image's Content-Type from the file's first bytes (JPEG, PNG, WebP, HEIC), or a
+    clear error."""
     if not path.is_file():
         raise LauncherError(f"image {path} not found")
-    head = path.open("rb").read(8)
-    for signature, content_type in SIGNATURES.items():
-        if head.startswith(signature):
-            if path.stat().st_size > MAX_BYTES:
-                raise LauncherError(f"image {path} is {path.stat().st_size / 2**20:.1f} MiB; an "
-                                    "endpoint takes at most 6 MiB per request")
-            return content_type
-    raise LauncherError(f"{path} is not a JPEG or PNG image")
+    content_type = _sniff(path.open("rb").read(12))
+    if content_type is None:
+        raise LauncherError(f"{path} is not a JPEG, PNG, WebP or HEIC image")
+    if path.stat().st_size > MAX_BYTES:
+        raise LauncherError(f"image {path} is {path.stat().st_size / 2**20:.1f} MiB; an "
+                            "endpoint takes at most 6 MiB per request")
+    return content_type
+
+
+def _sniff(head: bytes) -> str | None:
+    if head.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "image/webp"
+    if head[4:8] == b"ftyp" and head[8:12] in HEIF_BRANDS:
+        return "image/heic"
+    return None
 
 
 def http_invoker(url: str, timeout: float = 60) -> Callable[[bytes, str, int], tuple[int, bytes]]:

@@ -129,7 +129,7 @@ def test_deploy_predict_and_delete(trained, sample_data, tmp_path):
             EndpointName=predictor.endpoint_name, Body=b"not an image", ContentType="image/jpeg")
         assert refused["Body"].status == 400
         assert json.loads(refused["Body"].read()) == {
-            "error": "the body is not a decodable JPEG or PNG image"}
+            "error": "the body is not a decodable JPEG, PNG, WebP or HEIC image"}
     finally:
         predictor.delete_model()  # needs the endpoint config, so before the endpoint
         predictor.delete_endpoint()

@@ -216,7 +216,7 @@ def test_predict_checks_every_file_before_sending_any(flow, project, tmp_path):
     result = launcher("predict", str(text), "--endpoint", "x", "--workdir", "runs",
                       cwd=tmp_path, timeout=60)
     assert result.returncode == 1
-    assert f"{text} is not a JPEG or PNG image" in result.stderr
+    assert f"{text} is not a JPEG, PNG, WebP or HEIC image" in result.stderr
     result = launcher("predict", str(image), "--endpoint", "x", "--workdir", "runs", "--json",
                       "nowhere/answers.json", cwd=tmp_path, timeout=60)
     assert result.returncode == 1 and "folder nowhere not found" in result.stderr

@@ -21,6 +21,7 @@ from PIL import Image, ImageOps
 
 from conftest import RunningServer, model_server_processes
 from dogbreed.images import open_rgb
+from dogbreed.serving.codec import Limits, decode_images
 from dogbreed.serving.predictor import BreedClassifier
 
 JPEG = {"Content-Type": "image/jpeg"}
@@ -42,9 +43,9 @@ def server(trained_model, tmp_path_factory):
     assert model_server_processes(running.runtime_dir) == []  # Java and workers are gone
 
 
-def _jpeg(image: Image.Image, **options) -> bytes:
+def _jpeg(image: Image.Image, quality: int = 95, **options) -> bytes:
     buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=95, **options)
+    image.save(buffer, format="JPEG", quality=quality, **options)
     return buffer.getvalue()
 
 
@@ -143,6 +144,14 @@ def _truncated_jpeg() -> bytes:
     return data[: len(data) // 2]
 
 
+def _jpeg_claiming(width: int, height: int) -> bytes:
+    """A small JPEG whose header (SOF0) says width x height: a decompression bomb's shape."""
+    data = bytearray(_jpeg(Image.new("RGB", (16, 16), (90, 90, 90))))
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5:sof + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
 def _png(width: int, height: int) -> bytes:
     buffer = io.BytesIO()
     Image.new("L", (width, height)).save(buffer, format="PNG")
@@ -151,10 +160,13 @@ def _png(width: int, height: int) -> bytes:
 
 BAD_REQUESTS = [
     ("empty body", b"", JPEG, 400, "empty request body"),
-    ("not an image", b"<html>404</html>", JPEG, 400, "not a decodable JPEG or PNG"),
+    ("not an image", b"<html>404</html>", JPEG, 400, "not a decodable JPEG, PNG, WebP or HEIC"),
     ("truncated JPEG", _truncated_jpeg(), JPEG, 400, "damaged or truncated"),
     ("decompression bomb", _png(1500, 1000), {"Content-Type": "image/png"}, 400,
-     "1500x1000 pixels, over the limit of 1000000"),
+     "1500x1000 pixels, over the limit of 1000000 decoded pixels"),
+    # Even at 1/8 scale 9000x9000 decodes to 1125x1125, over the limit: refused unread.
+    ("JPEG bomb", _jpeg_claiming(9000, 9000), JPEG, 400,
+     "the body is 9000x9000 pixels (decoded at 1125x1125), over the limit of 1000000"),
     ("bad JSON", b"{not json", {"Content-Type": "application/json"}, 400, "not valid JSON"),
     ("JSON without instances", b'{"images": []}', {"Content-Type": "application/json"}, 400,
      '{"instances"'),
@@ -193,6 +205,104 @@ def test_bad_request_gets_its_status_and_the_server_keeps_serving(server, sample
     good = requests.post(f"{server.url}/invocations", data=_test_images(sample_data)[0].read_bytes(),
                          headers=JPEG, timeout=30)
     assert good.status_code == 200
+
+
+def _phone_photo(sample_data, width: int, height: int) -> Image.Image:
+    """A sample photo upscaled to a phone camera's size, as a new user tried it."""
+    return Image.open(_test_images(sample_data)[1]).convert("RGB").resize(
+        (width, height), Image.Resampling.BICUBIC)
+
+
+# How far a probability may move when a JPEG decodes at 1/2-1/8 scale (DCT scaling) instead
+# of in full: the resize that follows still shrinks it >= 2x (`DECODE_MARGIN`), so both
+# reach the model's input through antialiased downscaling and differ by rounding-level
+# pixel noise. Measured on the photos below with the test model: at most 0.0062.
+REDUCED_SCALE_TOLERANCE = 0.02
+
+
+def test_reduced_scale_decoding_predicts_as_the_full_decode(trained_model, sample_data):
+    """The request path (`decode_images` with the model's decode size) against the reference
+    path (full decode, the artifact's eval preprocessing) on varied photos: phone sizes up to
+    48 MP, EXIF-rotated, grayscale, PNG (never scaled), small (never scaled)."""
+    classifier = BreedClassifier.load(trained_model)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    bodies = {
+        "48 MP": _jpeg(_phone_photo(sample_data, 8000, 6000)),
+        "12 MP": _jpeg(_phone_photo(sample_data, 4000, 3000)),
+        "12 MP EXIF-rotated": _jpeg(_phone_photo(sample_data, 4000, 3000), exif=exif.tobytes()),
+        "2 MP grayscale": _jpeg(_phone_photo(sample_data, 1600, 1200).convert("L")),
+        "0.2 MP": _jpeg(_phone_photo(sample_data, 500, 375)),
+        "PNG": _png_of(_phone_photo(sample_data, 1600, 1200)),
+    }
+    side = classifier.decode_size[0]  # 146 for this 64 px model (resize 73)
+    for name, body in bodies.items():
+        kind = "image/png" if name == "PNG" else "image/jpeg"
+        [image] = decode_images(body, kind, Limits(), classifier.decode_size)
+        reference = open_rgb(io.BytesIO(body))
+        # A JPEG at least twice the decode size decodes at 1/2 (or less); a PNG never.
+        should_scale = kind == "image/jpeg" and min(reference.size) >= 2 * side
+        assert (image.size != reference.size) == should_scale, (name, image.size)
+        assert min(image.size) >= min(side, min(reference.size)), (name, image.size)
+        assert (image.width > image.height) == (reference.width > reference.height), name
+        served, expected = (classifier.predict([picture], top_k=5)[0]
+                            for picture in (image, reference))
+        assert served[0]["label"] == expected[0]["label"], name
+        worst = max(abs(got["probability"] - want["probability"])
+                    for got, want in zip(served, expected) if got["class_id"] == want["class_id"])
+        print(f"{name}: decoded {image.size} for {reference.size}, top-1 "
+              f"{served[0]['probability']:.4f} / {expected[0]['probability']:.4f}, {worst:.4f}")
+        for got, want in zip(sorted(served, key=lambda p: p["class_id"]),
+                             sorted(expected, key=lambda p: p["class_id"])):
+            assert got["probability"] == pytest.approx(want["probability"],
+                                                       abs=REDUCED_SCALE_TOLERANCE), name
+    assert decode_images(bodies["48 MP"], "image/jpeg", Limits(),
+                         classifier.decode_size)[0].size == (1000, 750)  # 1/8 scale
+
+
+def _png_of(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_a_phone_photo_over_the_pixel_limit_is_served_at_reduced_scale(server, sample_data):
+    """This server allows 1 MP decoded: a 4.3 MP photo decodes at 1/8 scale (300x225) and is
+    served; the same size as PNG (no reduced decode) is still refused."""
+    photo = _phone_photo(sample_data, 2400, 1800)
+    body = _jpeg(photo, quality=80)
+    assert len(body) < 1024 * 1024  # under this server's payload limit
+    response = requests.post(f"{server.url}/invocations", data=body, headers=JPEG, timeout=30)
+    assert response.status_code == 200, response.text
+    assert len(response.json()["predictions"][0]) == 5
+    png = requests.post(f"{server.url}/invocations", data=_png(2400, 1800),
+                        headers={"Content-Type": "image/png"}, timeout=30)
+    assert png.status_code == 400
+    assert "2400x1800 pixels, over the limit of 1000000 decoded pixels" in png.json()["error"]
+
+
+@pytest.mark.parametrize("image_format, content_type", [("WEBP", "image/webp"),
+                                                        ("HEIF", "image/heic"),
+                                                        ("HEIF", "image/heif")])
+def test_webp_and_heic_from_phones_and_browsers_are_served(server, sample_data, image_format,
+                                                            content_type):
+    """Real WebP (libwebp) and HEIC (x265, what iPhones write) files: each predicted exactly
+    as the pixels it decodes to, sent losslessly as PNG."""
+    buffer = io.BytesIO()
+    photo = _phone_photo(sample_data, 640, 480)
+    photo.save(buffer, format=image_format, quality=90)
+    body = buffer.getvalue()
+    if image_format == "HEIF":
+        assert body[4:12] == b"ftypheic"  # an HEVC-coded HEIF file, as an iPhone's
+    decoded = open_rgb(io.BytesIO(body))
+    answers = [requests.post(f"{server.url}/invocations", data=data,
+                             headers={"Content-Type": kind}, timeout=30)
+               for data, kind in ((body, content_type), (_png_of(decoded), "image/png"))]
+    assert [answer.status_code for answer in answers] == [200, 200], answers[0].text
+    served, reference = (answer.json()["predictions"][0] for answer in answers)
+    assert [p["class_id"] for p in served] == [p["class_id"] for p in reference]
+    for got, want in zip(served, reference):
+        assert got["probability"] == pytest.approx(want["probability"], abs=1e-4)
 
 
 def test_eight_concurrent_clients(server, sample_data):

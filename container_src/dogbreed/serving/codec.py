@@ -16,19 +16,26 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+import pillow_heif
 from PIL import Image
 
 from dogbreed.images import open_rgb
 
-IMAGE_CONTENT_TYPES = ("image/jpeg", "image/png", "application/x-image")
+pillow_heif.register_heif_opener()  # HEIC/HEIF, what iPhones write by default
+# What phones and browsers send; the format itself is read from the bytes.
+IMAGE_CONTENT_TYPES = ("image/jpeg", "image/png", "image/webp", "image/heic", "image/heif",
+                       "application/x-image")
+FORMATS = "JPEG, PNG, WebP or HEIC"
 JSON_CONTENT_TYPE = "application/json"
 ACCEPTABLE = ("application/json", "*/*", "application/*")
 MAX_PIXELS_ENV = "DOGBREED_MAX_IMAGE_PIXELS"
 MAX_INSTANCES_ENV = "DOGBREED_MAX_INSTANCES"
 MAX_REQUEST_PIXELS_ENV = "DOGBREED_MAX_REQUEST_PIXELS"
 MAX_PAYLOAD_ENV = "SAGEMAKER_MAX_PAYLOAD_IN_MB"
-# A 12-megapixel phone photo is 12e6; 40e6 leaves room while a decompression bomb
-# (a small file that decodes to gigabytes) is refused before it is decoded.
+# The pixels an image decodes to (a JPEG much larger than the model's input decodes at 1/2
+# to 1/8 scale: a 48-megapixel phone photo to 0.75 MP), not its header's size: 40e6 serves
+# any phone photo while a decompression bomb (a small file that decodes to gigabytes) is
+# refused before it is decoded.
 DEFAULT_MAX_PIXELS = 40_000_000
 DEFAULT_MAX_INSTANCES = 64
 # All images of one request together: about 8 phone photos (each decodes to ~36 MB).
@@ -94,8 +101,11 @@ def parse_top_k(custom_attributes: str | None, default: int) -> int:
     return top_k
 
 
-def decode_images(body: bytes, content_type: str | None, limits: Limits) -> list[Image.Image]:
-    """The request body as RGB images: one for an image body, several for JSON instances."""
+def decode_images(body: bytes, content_type: str | None, limits: Limits,
+                  decode_size: tuple[int, int] | None = None) -> list[Image.Image]:
+    """The request body as RGB images: one for an image body, several for JSON instances.
+    `decode_size`: a JPEG at least that much larger decodes at a reduced scale (DCT
+    scaling), never below that size."""
     kind = media_type(content_type)
     if kind not in IMAGE_CONTENT_TYPES + (JSON_CONTENT_TYPE,):
         raise ClientError(415, f"unsupported Content-Type {content_type!r}: send "
@@ -115,11 +125,11 @@ def decode_images(body: bytes, content_type: str | None, limits: Limits) -> list
         named = [("the body", body)]
     # Every header first, then decode: many small files of huge images would otherwise
     # take the worker's memory before the total is known.
-    total = sum(_pixels(raw, limits, name) for name, raw in named)
+    total = sum(_decoded_pixels(raw, limits, name, decode_size) for name, raw in named)
     if total > limits.max_request_pixels:
         raise ClientError(413, f"the request's images hold {total} pixels together, over the "
                                f"limit of {limits.max_request_pixels}; send fewer per request")
-    return [_decode_image(raw, name) for name, raw in named]
+    return [_decode_image(raw, name, decode_size) for name, raw in named]
 
 
 def encode_predictions(predictions: list[list[dict[str, Any]]]) -> str:
@@ -157,25 +167,31 @@ def _json_instances(body: bytes, limits: Limits) -> list[bytes]:
     return decoded
 
 
-def _pixels(data: bytes, limits: Limits, what: str) -> int:
-    """width x height from the image header alone; refuses one image over the limit."""
+def _decoded_pixels(data: bytes, limits: Limits, what: str,
+                    decode_size: tuple[int, int] | None) -> int:
+    """width x height that decoding will produce, from the header alone (with the JPEG
+    scale `decode_size` allows); refuses one image over the limit."""
     if not data:
         raise ClientError(400, f"{what} is empty")
     try:
         with Image.open(io.BytesIO(data)) as probe:  # reads the header only
+            full = probe.size
+            if decode_size is not None:
+                probe.draft("RGB", decode_size)  # JPEG only: sets the size it will decode
             width, height = probe.size
     except Image.DecompressionBombError:
         raise ClientError(400, f"{what} is an image too large to decode") from None
     except Exception:  # PIL raises many types for data that is not an image
-        raise ClientError(400, f"{what} is not a decodable JPEG or PNG image") from None
+        raise ClientError(400, f"{what} is not a decodable {FORMATS} image") from None
     if width * height > limits.max_pixels:
-        raise ClientError(400, f"{what} is {width}x{height} pixels, over the limit of "
-                               f"{limits.max_pixels} pixels")
+        scaled = f" (decoded at {width}x{height})" if (width, height) != full else ""
+        raise ClientError(400, f"{what} is {full[0]}x{full[1]} pixels{scaled}, over the "
+                               f"limit of {limits.max_pixels} decoded pixels")
     return width * height
 
 
-def _decode_image(data: bytes, what: str) -> Image.Image:
+def _decode_image(data: bytes, what: str, decode_size: tuple[int, int] | None) -> Image.Image:
     try:
-        return open_rgb(io.BytesIO(data))
+        return open_rgb(io.BytesIO(data), draft_size=decode_size)
     except Exception:
         raise ClientError(400, f"{what} is a damaged or truncated image") from None

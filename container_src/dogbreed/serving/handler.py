@@ -55,10 +55,12 @@ def model_fn(model_dir: str, context=None) -> BreedClassifier:
     return classifier
 
 
-def input_fn(input_data: bytes, content_type: str, context=None):
-    """Images and the requested top-k of one request (ClientError becomes its 4xx)."""
+def input_fn(input_data: bytes, content_type: str, context=None,
+             decode_size: tuple[int, int] | None = None):
+    """Images and the requested top-k of one request (ClientError becomes its 4xx).
+    `decode_size`: the model's (`BreedClassifier.decode_size`), for JPEGs much larger."""
     headers = _request_headers(context)
-    images = decode_images(input_data, content_type, Limits.from_environment())
+    images = decode_images(input_data, content_type, Limits.from_environment(), decode_size)
     return images, parse_top_k(headers.get(CUSTOM_ATTRIBUTES), DEFAULT_TOP_K)
 
 
@@ -69,6 +71,14 @@ def predict_fn(data, model: BreedClassifier):
 
 def output_fn(prediction, accept: str):
     return encode_predictions(prediction), JSON
+
+
+def transform_fn(model: BreedClassifier, input_data: bytes, content_type: str, accept: str,
+                 context=None):
+    """input_fn -> predict_fn -> output_fn, as the toolkit chains them, but decoding knows
+    the model's input size: a 48-megapixel JPEG decodes at 1/8 scale, not in full."""
+    data = input_fn(input_data, content_type, context, decode_size=model.decode_size)
+    return output_fn(predict_fn(data, model), accept)
 
 
 class BreedTransformer(Transformer):
@@ -83,7 +93,7 @@ class BreedTransformer(Transformer):
         # Always these handlers: the toolkit would take any importable `inference` module.
         self._model_fn, self._input_fn = model_fn, input_fn
         self._predict_fn, self._output_fn = predict_fn, output_fn
-        self._transform_fn = self._default_transform_fn
+        self._transform_fn = transform_fn
 
     def transform(self, data, context):
         try:

@@ -23,6 +23,8 @@ from dogbreed.model import ARCHITECTURE
 from dogbreed.transforms import eval_transform
 
 DEFAULT_TOP_K = 5
+# A JPEG decodes at 1/2 to 1/8 scale only while it stays this many times the eval resize.
+DECODE_MARGIN = 2
 
 
 class ModelLoadError(ValueError):
@@ -66,6 +68,14 @@ class BreedClassifier:
         model = model.to(device).eval()
         return cls(model, class_names, eval_transform(description["preprocessing"]),
                    description, device)
+
+    @property
+    def decode_size(self) -> tuple[int, int]:
+        """What a photo must still measure after a reduced-scale JPEG decode: twice the eval
+        resize, so the resize that follows still shrinks it at least 2x (its antialiasing
+        then hides the difference to a full decode; a test bounds it)."""
+        side = DECODE_MARGIN * self.description["preprocessing"]["resize"]
+        return side, side
 
     def warm_up(self) -> None:
         size = self.description["preprocessing"]["resize"]
