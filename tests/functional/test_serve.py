@@ -72,20 +72,28 @@ def test_ping_stays_503_while_the_workers_load_the_model(trained_model, tmp_path
 
 
 def test_predictions_equal_the_model_run_in_process(server, trained_model, sample_data):
+    """The server answers what the model computes in process on the same decoded pixels
+    (the request path's decode: photos twice the decode size decode at reduced scale, how
+    close that stays to a full decode is `test_reduced_scale_decoding_...`'s)."""
     classifier = BreedClassifier.load(trained_model)
     paths = _test_images(sample_data)
+    scaled = 0
     for path in paths:
         response = requests.post(f"{server.url}/invocations", data=path.read_bytes(),
                                  headers=JPEG, timeout=30)
         assert response.status_code == 200, response.text
         assert response.headers["Content-Type"].startswith("application/json")
         served = response.json()["predictions"][0]
-        expected = classifier.predict([open_rgb(path)])[0]
+        [decoded] = decode_images(path.read_bytes(), "image/jpeg", Limits(),
+                                  classifier.decode_size)
+        scaled += decoded.size != open_rgb(path).size
+        expected = classifier.predict([decoded])[0]
         assert len(served) == 5
         assert served[0]["label"] == expected[0]["label"]
         assert [p["class_id"] for p in served] == [p["class_id"] for p in expected]
         for got, want in zip(served, expected):
             assert got["probability"] == pytest.approx(want["probability"], abs=1e-4)
+    assert 0 < scaled < len(paths)  # both kinds of decode were compared
 
 
 def test_json_instances_are_predicted_as_one_batch(server, sample_data):
