@@ -71,27 +71,19 @@ def compute_features(model: nn.Module, records: torch.Tensor, preprocessing: dic
                            world_size=context.world_size)
     batches = DeviceBatches(records, [0] * count, sampler, batch_size, preprocessing,
                             context.device, train=False, channels_last=precision.channels_last)
-    backbone = backbone_of(model)
-    was_training = backbone.training
-    backbone.eval()
-    features: torch.Tensor | None = None
+    backbone = backbone_of(model).eval()  # the loop sets the modes it trains in itself
+    # Zeros where other ranks' shares go: the all-reduce sums disjoint rows.
+    features = torch.zeros(count, model.fc.in_features, device=context.device)
     mine = torch.tensor(list(iter(sampler)), dtype=torch.int64, device=context.device)
-    started, done = time.perf_counter(), 0
+    started = time.perf_counter()
     for (images, _), rows in zip(batches, torch.split(mine, batch_size)):
         with torch.autocast(context.device.type, dtype=precision.dtype or torch.float32,
                             enabled=precision.dtype is not None):
-            computed = backbone(images).float()
-        if features is None:
-            features = torch.zeros(count, computed.shape[1], device=context.device)
-        features.index_copy_(0, rows, computed)
-        done += rows.numel()
-    backbone.train(was_training)
-    if features is None:  # no record on this rank: its share is empty, the sum still runs
-        features = torch.zeros(count, model.fc.in_features, device=context.device)
+            features.index_copy_(0, rows, backbone(images).float())
     features = all_reduce_tensor_sum(features, context)
     seconds = time.perf_counter() - started
     log(f"features of {count} images computed once in {seconds:.1f} s "
-        f"({done / max(seconds, 1e-9):.0f} images/s on this rank)")
+        f"({mine.numel() / max(seconds, 1e-9):.0f} images/s on this rank)")
     return features
 
 

@@ -421,12 +421,16 @@ def make_loader(channel: Channel, transform, hp: Hyperparameters, context: DistC
                 num_workers: int, shuffle: bool) -> DataLoader:
     sampler = EpochSampler(len(channel.samples), shuffle=shuffle, seed=hp.seed,
                            rank=context.rank, world_size=context.world_size, seeded=shuffle)
-    # A last training batch of one sample breaks BatchNorm; drop it in that case only.
-    drop_last = shuffle and len(sampler) % hp.batch_size == 1
+    drop_last = drops_lone_last_batch(sampler, hp.batch_size, shuffle)
     return DataLoader(ImageListDataset(channel.samples, transform), batch_size=hp.batch_size,
                       sampler=sampler, num_workers=num_workers, worker_init_fn=_ignore_sigterm,
                       pin_memory=context.device.type == "cuda",
                       persistent_workers=num_workers > 0, drop_last=drop_last)
+
+
+def drops_lone_last_batch(sampler: EpochSampler, batch_size: int, train: bool) -> bool:
+    """A last training batch of one sample breaks BatchNorm: dropped in that case only."""
+    return train and len(sampler) % batch_size == 1
 
 
 def data_loaders(hp: Hyperparameters, wanted: str, channels: dict[str, Channel],
@@ -475,7 +479,7 @@ def make_store_loader(records: torch.Tensor, channel: Channel, preprocessing: di
     return DeviceBatches(records, [label for _, label in channel.samples], sampler,
                          hp.batch_size, preprocessing, context.device, train=train,
                          channels_last=precision.channels_last,
-                         drop_last=train and len(sampler) % hp.batch_size == 1)
+                         drop_last=drops_lone_last_batch(sampler, hp.batch_size, train))
 
 
 def feature_loaders(stores: dict[str, torch.Tensor], channels: dict[str, Channel],
@@ -500,9 +504,9 @@ def feature_loaders(stores: dict[str, torch.Tensor], channels: dict[str, Channel
         train = name == "train"
         sampler = EpochSampler(len(channel.samples), shuffle=train, seed=hp.seed,
                                rank=context.rank, world_size=context.world_size)
-        loaders[name] = FeatureBatches(features, [label for _, label in channel.samples],
-                                       sampler, hp.batch_size,
-                                       drop_last=train and len(sampler) % hp.batch_size == 1)
+        loaders[name] = FeatureBatches(
+            features, [label for _, label in channel.samples], sampler, hp.batch_size,
+            drop_last=drops_lone_last_batch(sampler, hp.batch_size, train))
     return loaders
 
 
