@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+from PIL import Image
 from torchvision import transforms as T
+from torchvision.transforms import functional as TF
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -41,6 +44,24 @@ def eval_transform(spec: dict[str, Any]) -> T.Compose:
         T.ToTensor(),
         T.Normalize(spec["mean"], spec["std"]),
     ])
+
+
+def eval_crop(image: Image.Image, spec: dict[str, Any]) -> Image.Image:
+    """The eval transform's PIL steps alone (resize, center crop): what a batch path stacks
+    as uint8 before `to_model_input` does the rest on the device."""
+    image = TF.resize(image, spec["resize"], interpolation=_interpolation(spec["interpolation"]),
+                      antialias=True)
+    return TF.center_crop(image, spec["center_crop"])
+
+
+def to_model_input(pixels: torch.Tensor, spec: dict[str, Any]) -> torch.Tensor:
+    """(N, 3, H, W) pixel values 0..255 (uint8 or float) -> normalised float32, with
+    exactly ToTensor's and Normalize's operations, in their order: the values equal the
+    eval transform's bit for bit, on whatever device `pixels` is."""
+    mean = torch.as_tensor(spec["mean"], dtype=torch.float32, device=pixels.device)
+    std = torch.as_tensor(spec["std"], dtype=torch.float32, device=pixels.device)
+    return pixels.to(torch.float32).div(255).sub_(mean.view(1, -1, 1, 1)) \
+        .div_(std.view(1, -1, 1, 1))
 
 
 def train_transform(spec: dict[str, Any]) -> T.Compose:

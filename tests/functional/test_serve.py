@@ -17,12 +17,14 @@ from pathlib import Path
 
 import pytest
 import requests
+import torch
 from PIL import Image, ImageOps
 
 from conftest import RunningServer, model_server_processes
 from dogbreed.images import open_rgb
 from dogbreed.serving.codec import Limits, decode_images
 from dogbreed.serving.predictor import BreedClassifier
+from dogbreed.transforms import eval_transform
 
 JPEG = {"Content-Type": "image/jpeg"}
 
@@ -226,13 +228,32 @@ def _phone_photo(sample_data, width: int, height: int) -> Image.Image:
 # reach the model's input through antialiased downscaling and differ by rounding-level
 # pixel noise. Measured on the photos below with the test model: at most 0.0062.
 REDUCED_SCALE_TOLERANCE = 0.02
+# bf16 keeps 8 bits of mantissa: logits move by ~1e-2 relative. Measured on the photos
+# below: at most 0.019 with the reduced-scale decode included (float32: 0.0062).
+BF16_TOLERANCE = 0.05
 
 
-def test_reduced_scale_decoding_predicts_as_the_full_decode(trained_model, sample_data):
-    """The request path (`decode_images` with the model's decode size) against the reference
-    path (full decode, the artifact's eval preprocessing) on varied photos: phone sizes up to
-    48 MP, EXIF-rotated, grayscale, PNG (never scaled), small (never scaled)."""
-    classifier = BreedClassifier.load(trained_model)
+def _reference_predictions(model_dir: Path, image: Image.Image) -> list[dict]:
+    """The artifact's eval transform (torchvision on the PIL image) and its float32 weights
+    in the default memory format: the path the model was validated on."""
+    classifier = BreedClassifier.load(model_dir, precision="fp32")
+    model = classifier.model.to(memory_format=torch.contiguous_format)
+    with torch.inference_mode():
+        logits = model(eval_transform(classifier.preprocessing)(image).unsqueeze(0))
+    values, indices = torch.softmax(logits, dim=1)[0].topk(5)
+    return [{"label": classifier.class_names[int(index)], "class_id": int(index),
+             "probability": float(value)} for value, index in zip(values, indices)]
+
+
+@pytest.mark.parametrize("precision, tolerance", [("fp32", REDUCED_SCALE_TOLERANCE),
+                                                  ("bf16", BF16_TOLERANCE)])
+def test_the_request_path_predicts_as_the_eval_preprocessing(trained_model, sample_data,
+                                                             precision, tolerance):
+    """The request path (`decode_images` with the model's decode size, the PIL crop, the
+    normalisation as one tensor, channels_last, the precision) against the reference path
+    (full decode, the artifact's eval transform, float32) on varied photos: phone sizes up
+    to 48 MP, EXIF-rotated, grayscale, PNG (never scaled), small (never scaled)."""
+    classifier = BreedClassifier.load(trained_model, precision=precision)
     exif = Image.Exif()
     exif[0x0112] = 6
     bodies = {
@@ -253,17 +274,22 @@ def test_reduced_scale_decoding_predicts_as_the_full_decode(trained_model, sampl
         assert (image.size != reference.size) == should_scale, (name, image.size)
         assert min(image.size) >= min(side, min(reference.size)), (name, image.size)
         assert (image.width > image.height) == (reference.width > reference.height), name
-        served, expected = (classifier.predict([picture], top_k=5)[0]
-                            for picture in (image, reference))
-        assert served[0]["label"] == expected[0]["label"], name
+        served = classifier.predict([image], top_k=5)[0]
+        expected = _reference_predictions(trained_model, reference)
+        # The same top-1, unless the reference's two best are closer than the tolerance
+        # (this barely trained test model has near-ties): then either of them.
+        near_tie = expected[0]["probability"] - expected[1]["probability"] <= tolerance
+        allowed = {p["label"] for p in expected[:2 if near_tie else 1]}
+        assert served[0]["label"] in allowed, (name, served[:2], expected[:2])
         worst = max(abs(got["probability"] - want["probability"])
                     for got, want in zip(served, expected) if got["class_id"] == want["class_id"])
         print(f"{name}: decoded {image.size} for {reference.size}, top-1 "
-              f"{served[0]['probability']:.4f} / {expected[0]['probability']:.4f}, {worst:.4f}")
+              f"{served[0]['probability']:.4f} / {expected[0]['probability']:.4f}, {worst:.4f}"
+              f", top-2 margin {expected[0]['probability'] - expected[1]['probability']:.4f}")
         for got, want in zip(sorted(served, key=lambda p: p["class_id"]),
                              sorted(expected, key=lambda p: p["class_id"])):
             assert got["probability"] == pytest.approx(want["probability"],
-                                                       abs=REDUCED_SCALE_TOLERANCE), name
+                                                       abs=tolerance), name
     assert decode_images(bodies["48 MP"], "image/jpeg", Limits(),
                          classifier.decode_size)[0].size == (1000, 750)  # 1/8 scale
 

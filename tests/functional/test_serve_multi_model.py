@@ -35,12 +35,12 @@ if os.environ.get("DOGBREED_TEST_STARVED_MODEL") and "model_service_worker" in "
 
     _load = _predictor.BreedClassifier.load.__func__
 
-    def _starved_load(cls, model_dir, device="cpu"):
+    def _starved_load(cls, model_dir, device="cpu", **options):
         if os.path.basename(os.path.normpath(str(model_dir))) == \\
                 os.environ["DOGBREED_TEST_STARVED_MODEL"]:
             limit = psutil.Process().memory_info().vms + 20 * 2 ** 20
             resource.setrlimit(resource.RLIMIT_AS, (limit, resource.RLIM_INFINITY))
-        return _load(cls, model_dir, device)
+        return _load(cls, model_dir, device, **options)
 
     _predictor.BreedClassifier.load = classmethod(_starved_load)
 '''

@@ -1,5 +1,5 @@
 """What already holds under trouble, kept true: a model worker killed under load costs at
-most the request it was computing, and idle half-open connections do not hold up real
+most the batch of requests it was computing, and idle half-open connections do not hold up real
 ones."""
 
 from __future__ import annotations
@@ -19,13 +19,14 @@ JPEG = {"Content-Type": "image/jpeg"}
 CLIENTS = 16
 REQUESTS = 200
 HALF_OPEN = 200
+BATCH_SIZE = 4
 
 
 @pytest.fixture(scope="module")
 def server(trained_model, tmp_path_factory):
     base = tmp_path_factory.mktemp("resilience")
     (base / "model").symlink_to(trained_model)
-    running = RunningServer(base).start()
+    running = RunningServer(base, DOGBREED_BATCH_SIZE=str(BATCH_SIZE)).start()
     yield running
     assert running.stop() == 0
     # Workers orphaned by the listener's death go too: nothing from this server is left.
@@ -101,16 +102,16 @@ def _kill_under_load(server: RunningServer, image: bytes,
     return [status for status, _ in answers], [when for _, when in answers], killed_at[0]
 
 
-def test_a_model_worker_killed_under_load_costs_only_its_request(server, image):
-    """The worker computing a prediction dies: that one request is answered 500 (MMS's
-    frontend cannot replay it), every other request is answered, within 5 s of the kill,
-    and MMS starts a worker in its place."""
+def test_a_model_worker_killed_under_load_costs_only_its_batch(server, image):
+    """The worker computing a batch dies: the requests of that batch are answered 500
+    (MMS's frontend cannot replay them), every other request is answered, within 5 s of
+    the kill, and MMS starts a worker in its place."""
     workers = _model_workers(server)
     assert len(workers) == 2, [process.cmdline() for process in workers]
     victim = workers[0]
     statuses, answered_at, killed_at = _kill_under_load(server, image, victim)
     failed = {code: statuses.count(code) for code in set(statuses) - {200}}
-    assert sum(failed.values()) <= 1 and set(failed) <= {500}, failed
+    assert sum(failed.values()) <= BATCH_SIZE and set(failed) <= {500}, failed
     assert min(when for when in answered_at if when > killed_at) - killed_at < 5
     deadline = killed_at + 60
     while len(_model_workers(server)) < len(workers) and time.monotonic() < deadline:

@@ -11,8 +11,8 @@ if os.environ.get("DOGBREED_TEST_SLOW_WARMUP") and "model_service_worker" in " "
 
     _original_warm_up = _predictor.BreedClassifier.warm_up
 
-    def _slow_warm_up(self):
+    def _slow_warm_up(self, *args, **kwargs):
         time.sleep(float(os.environ["DOGBREED_TEST_SLOW_WARMUP"]))
-        _original_warm_up(self)
+        _original_warm_up(self, *args, **kwargs)
 
     _predictor.BreedClassifier.warm_up = _slow_warm_up

@@ -1,14 +1,16 @@
 """Inference handlers in the SageMaker toolkit's convention, and the transformer running them.
 
 `model_fn`, `input_fn`, `predict_fn`, `output_fn` are what a SageMaker user would write in
-`inference.py`. `BreedTransformer` is the toolkit's `Transformer` with three sharp edges
+`inference.py`. `BreedTransformer` is the toolkit's `Transformer` with its sharp edges
 filed off: it always uses these handlers (the toolkit would take any importable module
-named `inference` as user code), it checks Accept before running the model, and a client
-error answers `{"error": ...}` with its 4xx status and no traceback (the toolkit puts the
-traceback in every error body). A model that failed to load answers 503 (507 when memory ran
-out) with the one-line reason: MMS reports every load as successful (it swallows
-`initialize`'s exceptions), so a request is the only way the reason leaves the worker, and
-the multi-model front relies on it to refuse a load honestly.
+named `inference` as user code), it answers each request of an MMS batch with its own
+status (the toolkit answers the whole batch with the first error), it runs the good
+requests of a batch in one forward pass, it checks Accept before running the model, and a
+client error answers `{"error": ...}` with its 4xx status and no traceback (the toolkit
+puts the traceback in every error body). A model that failed to load answers 503 (507 when
+memory ran out) with the one-line reason: MMS reports every load as successful (it
+swallows `initialize`'s exceptions), so a request is the only way the reason leaves the
+worker, and the multi-model front relies on it to refuse a load honestly.
 """
 
 from __future__ import annotations
@@ -24,10 +26,12 @@ from sagemaker_inference.transformer import Transformer
 
 from dogbreed.serving.codec import (ClientError, Limits, check_accept, decode_images, encode_error,
                                     encode_predictions, parse_top_k)
+from dogbreed.serving.log_level import log_level_from_environment
 from dogbreed.serving.predictor import DEFAULT_TOP_K, BreedClassifier, ModelLoadError
 
 CUSTOM_ATTRIBUTES = "x-amzn-sagemaker-custom-attributes"
 JSON = "application/json"
+PRECISION_ENV = "DOGBREED_PRECISION"
 MAX_REASON_CHARS = 500
 logger = logging.getLogger("dogbreed.serving.handler")
 
@@ -44,41 +48,48 @@ class ModelNotLoaded(GenericInferenceToolkitError):
 
 
 def model_fn(model_dir: str, context=None) -> BreedClassifier:
+    # MMS sets the worker's root logger to INFO; ours follows the container's level
+    logging.getLogger("dogbreed").setLevel(log_level_from_environment())
     device = "cpu"
     if torch.cuda.is_available():  # MMS spreads workers over the GPUs: use the one given
         properties = getattr(context, "system_properties", None) or {}
         device = f"cuda:{properties.get('gpu_id') or 0}"
         torch.cuda.set_device(device)  # this worker's kernels and allocations stay there
     _share_cores_between_workers()
-    classifier = BreedClassifier.load(model_dir, device=device)
-    classifier.warm_up()  # the first real request must not pay for torch's first run
+    classifier = BreedClassifier.load(model_dir, device=device,
+                                      precision=os.environ.get(PRECISION_ENV) or "auto")
+    # the first real request, of any batch size MMS may hand over, must not pay for
+    # torch's first run of its shape
+    properties = getattr(context, "system_properties", None) or {}
+    classifier.warm_up(int(properties.get("batch_size") or 1))
     return classifier
 
 
 def input_fn(input_data: bytes, content_type: str, context=None,
-             decode_size: tuple[int, int] | None = None):
-    """Images and the requested top-k of one request (ClientError becomes its 4xx).
-    `decode_size`: the model's (`BreedClassifier.decode_size`), for JPEGs much larger."""
-    headers = _request_headers(context)
+             decode_size: tuple[int, int] | None = None, index: int = 0):
+    """Images and the requested top-k of request `index` of the batch (ClientError becomes
+    its 4xx). `decode_size`: the model's (`BreedClassifier.decode_size`), for JPEGs much
+    larger."""
+    headers = _request_headers(context, index)
+    check_accept(headers.get("accept"))
     images = decode_images(input_data, content_type, Limits.from_environment(), decode_size)
     return images, parse_top_k(headers.get(CUSTOM_ATTRIBUTES), DEFAULT_TOP_K)
 
 
-def predict_fn(data, model: BreedClassifier):
-    images, top_k = data
-    return model.predict(images, top_k)  # several instances run as one batch
+def predict_fn(data: list, model: BreedClassifier) -> list:
+    """The (images, top_k) of several requests in one forward pass; one prediction list
+    per request, each with its own top_k."""
+    images = [image for request_images, _ in data for image in request_images]
+    rows = model.predict(images, max(top_k for _, top_k in data)) if images else []
+    predictions, start = [], 0
+    for request_images, top_k in data:
+        predictions.append([row[:top_k] for row in rows[start:start + len(request_images)]])
+        start += len(request_images)
+    return predictions
 
 
 def output_fn(prediction, accept: str):
     return encode_predictions(prediction), JSON
-
-
-def transform_fn(model: BreedClassifier, input_data: bytes, content_type: str, accept: str,
-                 context=None):
-    """input_fn -> predict_fn -> output_fn, as the toolkit chains them, but decoding knows
-    the model's input size: a 48-megapixel JPEG decodes at 1/8 scale, not in full."""
-    data = input_fn(input_data, content_type, context, decode_size=model.decode_size)
-    return output_fn(predict_fn(data, model), accept)
 
 
 class BreedTransformer(Transformer):
@@ -93,36 +104,56 @@ class BreedTransformer(Transformer):
         # Always these handlers: the toolkit would take any importable `inference` module.
         self._model_fn, self._input_fn = model_fn, input_fn
         self._predict_fn, self._output_fn = predict_fn, output_fn
-        self._transform_fn = transform_fn
 
     def transform(self, data, context):
+        """One answer per request of the batch, each with its own status: decode them all
+        (on the worker's threads), run the decodable ones as one batch, answer each."""
         try:
             self.validate_and_initialize(
                 model_dir=context.system_properties.get("model_dir"), context=context)
         except Exception as error:  # the reason in the body, the traceback in the log
-            return self.handle_error(context, ModelNotLoaded(error), traceback.format_exc())
-        responses = []
+            failure = ModelNotLoaded(error)
+            return [self.handle_error(context, failure, traceback.format_exc(), index)
+                    for index in range(len(data))]
+        model = self._model
+        answers: list = [None] * len(data)
+
+        def decode(index: int):
+            headers = _request_headers(context, index)
+            try:
+                return self._input_fn(data[index].get("body") or b"",
+                                      headers.get("content-type"), context,
+                                      decode_size=model.decode_size, index=index)
+            except ClientError as error:
+                answers[index] = self.handle_error(context, GenericInferenceToolkitError(
+                    error.status, error.message), "", index)
+            except Exception as error:  # a decoder bug: this request alone gets the 500
+                answers[index] = self._server_error(context, error, index)
+            return None
+
+        decoded = model.map(decode, range(len(data)))
+        good = [index for index, request in enumerate(decoded) if request is not None]
+        logger.debug("dogbreed batch of %d request(s), %d decoded", len(data), len(good))
         try:
-            for index, request in enumerate(data):
-                headers = _request_headers(context, index)
-                check_accept(headers.get("accept"))
-                body, content_type = self._transform_fn(
-                    self._model, request.get("body") or b"", headers.get("content-type"),
-                    JSON, context)
+            predictions = self._predict_fn([decoded[index] for index in good], model)
+            for index, prediction in zip(good, predictions):
+                answers[index], content_type = self._output_fn(prediction, JSON)
+                context.set_response_status(code=200, phrase="OK", idx=index)
                 context.set_response_content_type(index, content_type)
-                responses.append(body)
-        except ClientError as error:
-            return self.handle_error(context, GenericInferenceToolkitError(
-                error.status, error.message), "")
-        except BaseInferenceToolkitError as error:
-            return self.handle_error(context, error, traceback.format_exc())
-        except Exception as error:
-            return self.handle_error(context, GenericInferenceToolkitError(500, str(error)),
-                                     traceback.format_exc())
-        return responses
+        except Exception as error:  # the model failed: every request it ran answers 500
+            for index in good:
+                answers[index] = self._server_error(context, error, index)
+        return answers
+
+    def _server_error(self, context, error: Exception, index: int) -> str:
+        if not isinstance(error, BaseInferenceToolkitError):
+            error = GenericInferenceToolkitError(500, str(error))
+        return self.handle_error(context, error, traceback.format_exc(), index)
 
     @staticmethod
-    def handle_error(context, inference_exception: BaseInferenceToolkitError, trace):
+    def handle_error(context, inference_exception: BaseInferenceToolkitError, trace,
+                     index: int = 0) -> str:
+        """Request `index`'s error status and its `{"error": ...}` body."""
         status = inference_exception.status_code
         message = inference_exception.message
         if status >= 500:
@@ -133,9 +164,9 @@ class BreedTransformer(Transformer):
             phrase = HTTPStatus(status).phrase
         except ValueError:
             phrase = "Error"
-        context.set_response_status(code=status, phrase=phrase)
-        context.set_response_content_type(0, JSON)
-        return [encode_error(message)]
+        context.set_response_status(code=status, phrase=phrase, idx=index)
+        context.set_response_content_type(index, JSON)
+        return encode_error(message)
 
 
 def _request_headers(context, index: int = 0) -> dict[str, str]:

@@ -4,7 +4,10 @@
    with exit code 1 and the reason (SageMaker shows the log; nothing half-starts).
 2. Starts multi-model-server (Java) with the sagemaker-inference handler service on a
    loopback port, its config and logs in a writable runtime folder (not /etc, so it runs
-   as a non-root user too).
+   as a non-root user too), and registers the model through MMS's management API: only
+   there does MMS take a batch size and a batch delay (a model in `load_models` always
+   gets batch size 1). A worker takes up to the batch size of the requests waiting, waiting
+   at most the delay for more once it holds one.
 3. Answers on `SAGEMAKER_BIND_TO_PORT` through a small front that forwards everything to
    MMS except `GET /ping`: MMS answers 200 there from its first second, before any worker
    has loaded the model and even when loading failed (measured: see README), so the
@@ -17,7 +20,10 @@
    folders inside the model store, and an unload answers once the workers' memory is free.
 
 Settings (environment): SAGEMAKER_BIND_TO_PORT (8080), SAGEMAKER_MODEL_SERVER_WORKERS
-(one per GPU, else min(CPUs, 4)), SAGEMAKER_MODEL_SERVER_TIMEOUT_SECONDS (60),
+(one per GPU, else one per 4 CPUs, 1 to 4), DOGBREED_BATCH_SIZE (requests per forward
+pass: 32 on a GPU, 4 on CPUs; 1 turns batching off), DOGBREED_MAX_BATCH_DELAY_MS (5),
+DOGBREED_PRECISION (auto: bf16 on GPUs that support it; fp32, bf16),
+SAGEMAKER_MODEL_SERVER_TIMEOUT_SECONDS (60),
 SAGEMAKER_MAX_PAYLOAD_IN_MB (6), SAGEMAKER_MULTI_MODEL (false), SAGEMAKER_STARTUP_TIMEOUT
 (600 s; also the limit for one model load), SAGEMAKER_CONTAINER_LOG_LEVEL (20, INFO),
 DOGBREED_MAX_IMAGE_PIXELS, DOGBREED_MAX_INSTANCES, DOGBREED_SERVE_DIR (runtime folder; a
@@ -52,13 +58,24 @@ import psutil
 from PIL import Image
 
 from dogbreed.serving.codec import DEFAULT_MAX_PAYLOAD_MB, encode_error
+from dogbreed.serving.log_level import log_level_from_environment
 
 HANDLER_SERVICE = "dogbreed.serving.handler_service"
 SINGLE_MODEL_NAME = "model"
+SINGLE_MODEL_INVOKE = f"/models/{SINGLE_MODEL_NAME}/invoke"
 READY_CACHE_SECONDS = 1.0
 # Letters, digits, '.', '_', '-': the name goes into MMS's URL paths as it is.
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,254}")
 UNLOAD_WAIT_SECONDS = 30
+# Measured on the 2-core machine (benchmarks/README.md, "Serving under concurrency").
+CPU_BATCH_SIZE = 4
+GPU_BATCH_SIZE = 32
+DEFAULT_MAX_BATCH_DELAY_MS = 5
+MAX_BATCH_SIZE = 256
+MAX_BATCH_DELAY_MS = 10_000
+CPUS_PER_WORKER = 4
+MAX_CPU_WORKERS = 4
+PRECISIONS = ("auto", "fp32", "bf16")  # dogbreed.serving.predictor's; no torch here
 # Request headers that belong to one hop, not to the request (RFC 9110, 7.6.1).
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
               "trailer", "transfer-encoding", "upgrade", "host", "content-length"}
@@ -92,11 +109,24 @@ class ServeSettings:
     runtime_dir: Path
     runtime_dir_is_temporary: bool = False
     gpus: int = 0  # that torch can use: MMS gives each worker one (gpu_id), round robin
+    batch_size: int = 0  # 0: chosen from the device once the GPUs are counted
+    max_batch_delay_ms: int = DEFAULT_MAX_BATCH_DELAY_MS
 
     @classmethod
     def from_environment(cls) -> "ServeSettings":
         base = Path(os.environ.get("SAGEMAKER_BASE_DIR", "/opt/ml"))
         multi_model = os.environ.get("SAGEMAKER_MULTI_MODEL", "false").lower() == "true"
+        batching = {  # checked first: a bad value must not leave a temporary folder behind
+            "batch_size": _whole_number("DOGBREED_BATCH_SIZE", 0, 1, MAX_BATCH_SIZE,
+                                        "requests per forward pass; 1 turns batching off"),
+            "max_batch_delay_ms": _whole_number(
+                "DOGBREED_MAX_BATCH_DELAY_MS", DEFAULT_MAX_BATCH_DELAY_MS, 0,
+                MAX_BATCH_DELAY_MS, "milliseconds a worker waits to fill a batch"),
+        }
+        precision = os.environ.get("DOGBREED_PRECISION") or "auto"
+        if precision not in PRECISIONS:
+            raise ServeError(f"bad serving setting: DOGBREED_PRECISION={precision!r}: use "
+                             f"{', '.join(PRECISIONS)}")
         runtime = os.environ.get("DOGBREED_SERVE_DIR")
         temporary = not runtime
         runtime = runtime or tempfile.mkdtemp(prefix="dogbreed-serve-")
@@ -112,14 +142,34 @@ class ServeSettings:
                 model_dir=base / ("models" if multi_model else "model"),
                 runtime_dir=Path(runtime),
                 runtime_dir_is_temporary=temporary,
+                **batching,
             )
         except ValueError as error:
             raise ServeError(f"bad serving setting: {error}") from None
 
 
+def _whole_number(name: str, default: int, minimum: int, maximum: int, meaning: str) -> int:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    if not value.isdigit() or not minimum <= int(value) <= maximum:
+        raise ServeError(f"bad serving setting: {name}={value!r}: a whole number from "
+                         f"{minimum} to {maximum} ({meaning})")
+    return int(value)
+
+
 def default_workers(gpus: int) -> int:
-    """One per GPU; on CPU one per core up to 4 (each ResNet50 worker holds ~0.5 GB)."""
-    return gpus if gpus > 0 else max(1, min(os.cpu_count() or 1, 4))
+    """One per GPU; on CPUs one per 4 cores, 1 to 4 (each holds ~0.5 GB). On 2 cores one
+    2-thread worker batching 4 requests computes 26-30 ms per image, two 1-thread workers
+    39 (benchmarks/README.md): torch's threads scale well up to a few cores, and a batch
+    uses them better than two processes."""
+    if gpus > 0:
+        return gpus
+    return max(1, min((os.cpu_count() or 1) // CPUS_PER_WORKER, MAX_CPU_WORKERS))
+
+
+def default_batch_size(gpus: int) -> int:
+    return GPU_BATCH_SIZE if gpus > 0 else CPU_BATCH_SIZE
 
 
 def check_model(model_dir: Path) -> dict:
@@ -157,8 +207,7 @@ def write_mms_config(settings: ServeSettings, internal_port: int) -> Path:
     properties = {
         "inference_address": address,
         "management_address": address,  # SageMaker's MME calls /models on the same port
-        "model_store": "/",
-        "load_models": "" if settings.multi_model else f"{SINGLE_MODEL_NAME}={settings.model_dir}",
+        "model_store": "/",  # models are registered through the management API only
         "default_service_handler": HANDLER_SERVICE,
         "default_workers_per_model": settings.workers,
         # MMS would count GPUs with nvidia-smi itself; torch's count is the one that holds
@@ -260,6 +309,19 @@ class ModelServer:
             return response.status, response.getheaders(), response.read()
         finally:
             connection.close()
+
+    def register(self, name: str, folder: Path) -> tuple[int, bytes]:
+        """Register a model with this server's workers and batching, waiting until its
+        workers are up. Only the name and a checked folder come from outside: workers,
+        handler and batching are the server's to choose, not the caller's."""
+        settings = self.settings
+        registration = {"model_name": name, "url": str(folder), "synchronous": True,
+                        "initial_workers": settings.workers, "batch_size": settings.batch_size,
+                        "max_batch_delay": settings.max_batch_delay_ms}
+        status, _, data = self.request(
+            "POST", "/models", json.dumps(registration).encode(),
+            {"Content-Type": "application/json"}, timeout=settings.startup_timeout)
+        return status, data
 
     def ready(self) -> bool:
         """Can a request be answered now? Single model: a READY worker; MME: MMS is up."""
@@ -380,7 +442,7 @@ class ModelLoads:
     def _load(self, name: str, folder: Path) -> tuple[int, bytes]:
         started = time.monotonic()
         try:
-            status, data = self._register(name, folder)
+            status, data = self.backend.register(name, folder)
         except (OSError, http_client.HTTPException) as error:
             self._unregister(name)  # MMS may still be loading it
             return self._refuse(name, 503, f"model server unavailable: {error}")
@@ -397,16 +459,6 @@ class ModelLoads:
         logger.info("model %r loaded from %s in %.1f s", name, folder,
                     time.monotonic() - started)
         return 200, data
-
-    def _register(self, name: str, folder: Path) -> tuple[int, bytes]:
-        """Only the name and the checked folder reach MMS: workers, handler and batching
-        are the server's to choose, not the caller's."""
-        registration = {"model_name": name, "url": str(folder), "synchronous": True,
-                        "initial_workers": self.backend.settings.workers}
-        status, _, data = self.backend.request(
-            "POST", "/models", json.dumps(registration).encode(),
-            {"Content-Type": "application/json"}, timeout=self.backend.settings.startup_timeout)
-        return status, data
 
     def _probe(self, name: str) -> tuple[int, str]:
         """One prediction, as /ping requires of the single model: MMS calls a model loaded
@@ -547,7 +599,7 @@ class FrontHandler(BaseHTTPRequestHandler):
                    if name.lower() not in HOP_BY_HOP}
         try:
             status, response_headers, data = self.server.backend.request(
-                self.command, self.path, body, headers)
+                self.command, _backend_path(self.path), body, headers)
         except (OSError, http_client.HTTPException) as error:
             return self._error(503, f"model server unavailable: {error}")
         content_type = dict((k.lower(), v) for k, v in response_headers).get(
@@ -632,6 +684,15 @@ def _allowed(method: str, path: str, multi_model: bool) -> bool:
     return len(parts) == 3 and parts[0] == "models" and parts[2] == "invoke" and method == "POST"
 
 
+def _backend_path(path: str) -> str:
+    """MMS sends /invocations only to a model of its `load_models`; the single model is
+    registered through the management API (for its batching), so it is invoked by name."""
+    route, question, query = path.partition("?")
+    if route == "/invocations":
+        return f"{SINGLE_MODEL_INVOKE}{question}{query}"
+    return path
+
+
 def _is_load_or_unload(method: str, path: str) -> bool:
     """POST /models and DELETE /models/<name>: the front answers these itself."""
     parts = path.strip("/").split("/")
@@ -683,6 +744,8 @@ def serve(settings: ServeSettings) -> int:
     settings = replace(settings, gpus=gpus)
     if settings.workers == 0:
         settings = replace(settings, workers=default_workers(gpus))
+    if settings.batch_size == 0:
+        settings = replace(settings, batch_size=default_batch_size(gpus))
     backend = ModelServer(settings)
     try:
         front = Front(settings.port, backend)
@@ -699,7 +762,8 @@ def serve(settings: ServeSettings) -> int:
     backend.start()
     threading.Thread(target=_watch, args=(front, backend, settings, stopping),
                      daemon=True).start()
-    print(f"serving on port {settings.port} with {settings.workers} worker(s); MMS on "
+    print(f"serving on port {settings.port} with {settings.workers} worker(s), batches of up "
+          f"to {settings.batch_size} request(s) within {settings.max_batch_delay_ms} ms; MMS on "
           f"127.0.0.1:{backend.port}, runtime files in {settings.runtime_dir}", flush=True)
     try:
         front.serve_forever(poll_interval=0.2)
@@ -723,15 +787,29 @@ def _probe_image() -> bytes:
 
 def _watch(front: Front, backend: ModelServer, settings: ServeSettings,
            stopping: threading.Event) -> None:
-    """Until a first prediction comes back, probe; then log readiness once. End serve if
-    MMS dies or no prediction came back within the startup timeout."""
+    """Single model: register it once MMS listens. Until a first prediction comes back,
+    probe; then log readiness once. End serve if MMS dies, refuses the model, or no
+    prediction came back within the startup timeout."""
     started = time.monotonic()
     probe = _probe_image()
     announced = False
+    registered = settings.multi_model
     while not stopping.is_set() and backend.alive():
-        if not front.answered_once.is_set():
+        if not registered:
+            try:
+                status, _, data = backend.request("GET", "/ping", timeout=2)
+                if status == 200:  # MMS listens: register (returns once the workers are up)
+                    status, data = backend.register(SINGLE_MODEL_NAME, settings.model_dir)
+                    if status != 200:
+                        print(f"ERROR the model server refused the model: "
+                              f"{_error_message(data)}", file=sys.stderr, flush=True)
+                        break
+                    registered = True
+            except (OSError, http_client.HTTPException):
+                pass
+        elif not front.answered_once.is_set():
             try:  # queued by MMS until a worker has loaded; bounded by the request timeout
-                status = backend.request("POST", "/invocations", probe,
+                status = backend.request("POST", SINGLE_MODEL_INVOKE, probe,
                                          {"Content-Type": "image/jpeg"})[0]
             except (OSError, http_client.HTTPException):
                 status = 0
@@ -751,12 +829,10 @@ def _watch(front: Front, backend: ModelServer, settings: ServeSettings,
 
 
 def configure_logging() -> None:
-    """SageMaker's SAGEMAKER_CONTAINER_LOG_LEVEL (a number, as the SDK's
-    `container_log_level` sets it, or a name); INFO by default."""
-    value = os.environ.get("SAGEMAKER_CONTAINER_LOG_LEVEL", "").strip() or "INFO"
-    level = int(value) if value.isdigit() else logging.getLevelName(value.upper())
-    if not isinstance(level, int):
-        raise ServeError(f"bad serving setting: SAGEMAKER_CONTAINER_LOG_LEVEL={value!r}")
+    try:
+        level = log_level_from_environment()
+    except ValueError as error:
+        raise ServeError(f"bad serving setting: {error}") from None
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
 
 

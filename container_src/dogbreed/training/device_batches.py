@@ -27,20 +27,11 @@ import torch
 from torchvision.ops import roi_align
 
 from dogbreed.training.data import EpochSampler
-from dogbreed.transforms import TRAIN_CROP_SCALE
+from dogbreed.transforms import TRAIN_CROP_SCALE, to_model_input
 
 TRAIN_CROP_RATIO = (3 / 4, 4 / 3)
 CROP_TRIES = 10
 PREFETCH_BATCHES = 2
-
-
-def to_model_input(pixels: torch.Tensor, preprocessing: dict) -> torch.Tensor:
-    """(N, 3, H, W) pixel values 0..255 (uint8 or float) -> normalised float32, with
-    exactly ToTensor's and Normalize's operations."""
-    mean = torch.as_tensor(preprocessing["mean"], dtype=torch.float32, device=pixels.device)
-    std = torch.as_tensor(preprocessing["std"], dtype=torch.float32, device=pixels.device)
-    return pixels.to(torch.float32).div(255).sub_(mean.view(1, -1, 1, 1)) \
-        .div_(std.view(1, -1, 1, 1))
 
 
 def random_crop_boxes(count: int, side: int, generator: torch.Generator) -> torch.Tensor:

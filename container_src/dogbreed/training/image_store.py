@@ -34,9 +34,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torchvision.transforms import functional as TF
 
 from dogbreed.images import open_rgb
+from dogbreed.transforms import eval_crop
 
 SCRATCH_ENV = "DOGBREED_SCRATCH_DIR"
 SHARED_MEMORY = Path("/dev/shm")
@@ -95,11 +95,7 @@ def _free_bytes(folder: Path) -> int:
 def decode_record(path: str, spec: StoreSpec, preprocessing: dict) -> np.ndarray:
     """One image as its (side, side, 3) uint8 record."""
     if spec.kind == "eval":  # exactly the eval transform's PIL steps
-        image = open_rgb(path)
-        image = TF.resize(image, preprocessing["resize"],
-                          interpolation=TF.InterpolationMode(preprocessing["interpolation"]),
-                          antialias=True)
-        image = TF.center_crop(image, preprocessing["center_crop"])
+        image = eval_crop(open_rgb(path), preprocessing)
     else:
         image = open_rgb(path, draft_size=(spec.side, spec.side))
         width, height = image.size
