@@ -11,7 +11,7 @@ export PYTHONPATH=$PWD/container_src:$PWD:$SITE PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, torchvision, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'torchvision', torchvision.__version__, 'cpus', __import__('os').cpu_count())"
 if [ "$PART" = serve ] || [ "$PART" = all ]; then
-  echo "== serving model path"; python3 benchmarks/gpu_serve_check.py 2>&1 | tee "$OUT/serve.log"
+  echo "== serving model path"; python3 benchmarks/serve_batch_path.py 2>&1 | tee "$OUT/serve.log"
 fi
 [ "$PART" = serve ] && exit 0
 python3 -m dogbreed.sample_data /tmp/data --classes 10 --images-per-class 100 --seed 0
