@@ -78,6 +78,9 @@ def test_the_model_is_registered_with_the_batch_settings(batching):
     assert described["batchSize"] == BATCH_SIZE
     assert described["maxBatchDelay"] == DELAY_MS
     assert len(described["workers"]) == 1
+    # the worker ran both batch shapes a CPU worker meets before the first request
+    assert "model loaded on cpu in float32, batch sizes 1, 8 warmed up" in \
+        batching.log.read_text()
 
 
 def _mixed_requests(sample_data) -> list[tuple[str, bytes, dict, int]]:

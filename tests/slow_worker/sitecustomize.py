@@ -13,6 +13,6 @@ if os.environ.get("DOGBREED_TEST_SLOW_WARMUP") and "model_service_worker" in " "
 
     def _slow_warm_up(self, *args, **kwargs):
         time.sleep(float(os.environ["DOGBREED_TEST_SLOW_WARMUP"]))
-        _original_warm_up(self, *args, **kwargs)
+        return _original_warm_up(self, *args, **kwargs)
 
     _predictor.BreedClassifier.warm_up = _slow_warm_up

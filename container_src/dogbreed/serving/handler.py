@@ -64,7 +64,9 @@ def model_fn(model_dir: str, context=None) -> BreedClassifier:
     # the first real request, of any batch size MMS may hand over, must not pay for
     # torch's first run of its shape
     properties = getattr(context, "system_properties", None) or {}
-    classifier.warm_up(int(properties.get("batch_size") or 1))
+    warmed = classifier.warm_up(int(properties.get("batch_size") or 1))
+    logger.info("model loaded on %s in %s, batch sizes %s warmed up", device,
+                str(classifier.dtype).removeprefix("torch."), ", ".join(map(str, warmed)))
     return classifier
 
 

@@ -47,7 +47,7 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
 
 @dataclass
 class BreedClassifier:
-    """The model in channels_last (faster on CPUs too: 26-30 against 40 ms per image at
+    """The model in channels_last (faster on CPUs too: 26-34 against 38-40 ms per image at
     batch 4 on 2 cores, benchmarks/README.md) at `dtype`; images are cropped on the CPU
     in PIL, exactly as the eval transform does, and normalised as one tensor where the
     model runs."""
@@ -111,7 +111,7 @@ class BreedClassifier:
         side = DECODE_MARGIN * self.preprocessing["resize"]
         return side, side
 
-    def warm_up(self, batch_size: int = 1) -> None:
+    def warm_up(self, batch_size: int = 1) -> list[int]:
         """Run every batch shape a request may meet before the first request does: on a GPU
         each size from 1 to `batch_size` (each new shape costs kernel selection and memory
         on its first run); on a CPU 1 and `batch_size` (each image costs a real forward
@@ -120,6 +120,7 @@ class BreedClassifier:
         size = self.preprocessing["resize"]
         for count in sorted(sizes):
             self.predict([Image.new("RGB", (size, size))] * count, top_k=1)
+        return sorted(sizes)
 
     @torch.inference_mode()
     def predict(self, images: list[Image.Image], top_k: int = DEFAULT_TOP_K

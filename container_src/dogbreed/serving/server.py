@@ -160,9 +160,9 @@ def _whole_number(name: str, default: int, minimum: int, maximum: int, meaning: 
 
 def default_workers(gpus: int) -> int:
     """One per GPU; on CPUs one per 4 cores, 1 to 4 (each holds ~0.5 GB). On 2 cores one
-    2-thread worker batching 4 requests computes 26-30 ms per image, two 1-thread workers
-    39 (benchmarks/README.md): torch's threads scale well up to a few cores, and a batch
-    uses them better than two processes."""
+    2-thread worker batching 4 requests computes 26-34 ms per image, two 1-thread workers
+    together ~45-50 (benchmarks/README.md): torch's threads scale well up to a few cores,
+    and a batch uses them better than two processes."""
     if gpus > 0:
         return gpus
     return max(1, min((os.cpu_count() or 1) // CPUS_PER_WORKER, MAX_CPU_WORKERS))
