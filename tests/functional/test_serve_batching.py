@@ -215,6 +215,14 @@ def test_sixty_four_clients_connecting_at_once_are_all_answered(batching, sample
                                             " from 0 to 10000"),
     ("DOGBREED_MAX_BATCH_DELAY_MS", "-5", "DOGBREED_MAX_BATCH_DELAY_MS='-5'"),
     ("DOGBREED_PRECISION", "fp16", "DOGBREED_PRECISION='fp16': use auto, fp32, bf16"),
+    ("SAGEMAKER_BATCH", "yes", "SAGEMAKER_BATCH='yes': true or false"),
+    ("SAGEMAKER_BATCH_STRATEGY", "LINE", "SAGEMAKER_BATCH_STRATEGY='LINE': SINGLE_RECORD or "
+                                         "MULTI_RECORD"),
+    ("SAGEMAKER_MAX_CONCURRENT_TRANSFORMS", "-1", "SAGEMAKER_MAX_CONCURRENT_TRANSFORMS='-1': a "
+                                                  "whole number from 0 to 10000"),
+    ("SAGEMAKER_MAX_PAYLOAD_IN_MB", "six", "SAGEMAKER_MAX_PAYLOAD_IN_MB='six': megabytes per "
+                                           "request, up to 100"),
+    ("SAGEMAKER_MAX_PAYLOAD_IN_MB", "500", "SAGEMAKER_MAX_PAYLOAD_IN_MB='500'"),
 ])
 def test_bad_batch_settings_stop_serve_at_start(trained_model, tmp_path, setting, value,
                                                 message):

@@ -41,6 +41,7 @@ DEFAULT_MAX_INSTANCES = 64
 # All images of one request together: about 8 phone photos (each decodes to ~36 MB).
 DEFAULT_MAX_REQUEST_PIXELS = 100_000_000
 DEFAULT_MAX_PAYLOAD_MB = 6  # SageMaker's own limit for real-time endpoints
+MAX_PAYLOAD_MB = 100  # the largest MaxPayloadInMB a batch transform job takes
 MAX_TOP_K = 1000
 _TOP_K = re.compile(r"(?:^|[,;\s])top_k=([^,;\s]*)")
 
@@ -68,8 +69,21 @@ class Limits:
             max_instances=int(os.environ.get(MAX_INSTANCES_ENV, DEFAULT_MAX_INSTANCES)),
             max_request_pixels=int(os.environ.get(MAX_REQUEST_PIXELS_ENV,
                                                   DEFAULT_MAX_REQUEST_PIXELS)),
-            max_payload_bytes=int(float(os.environ.get(MAX_PAYLOAD_ENV, DEFAULT_MAX_PAYLOAD_MB))
-                                  * 1024 * 1024))
+            max_payload_bytes=int(max_payload_mb_from_environment() * 1024 * 1024))
+
+
+def max_payload_mb_from_environment() -> float:
+    """SAGEMAKER_MAX_PAYLOAD_IN_MB: the real-time default when unset, or 0 (a transform job
+    that set no MaxPayloadInMB). ValueError names the bad value."""
+    value = os.environ.get(MAX_PAYLOAD_ENV, "").strip()
+    try:
+        megabytes = float(value) if value else 0.0
+    except ValueError:
+        megabytes = -1.0
+    if not 0 <= megabytes <= MAX_PAYLOAD_MB:
+        raise ValueError(f"{MAX_PAYLOAD_ENV}={value!r}: megabytes per request, up to "
+                         f"{MAX_PAYLOAD_MB}")
+    return megabytes or DEFAULT_MAX_PAYLOAD_MB
 
 
 def media_type(header: str | None) -> str:

@@ -22,7 +22,9 @@
 Settings (environment): SAGEMAKER_BIND_TO_PORT (8080), SAGEMAKER_MODEL_SERVER_WORKERS
 (one per GPU, else one per 4 CPUs, 1 to 4), DOGBREED_BATCH_SIZE (requests per forward
 pass: 32 on a GPU, 4 on CPUs; 1 turns batching off), DOGBREED_MAX_BATCH_DELAY_MS (5),
-DOGBREED_PRECISION (auto: bf16 on GPUs that support it; fp32, bf16),
+DOGBREED_PRECISION (auto: bf16 on GPUs that support it; fp32, bf16), SAGEMAKER_BATCH
+(true in a transform job: `GET /execution-parameters` answers), SAGEMAKER_BATCH_STRATEGY,
+SAGEMAKER_MAX_CONCURRENT_TRANSFORMS (a transform job's; the batch size stays within it),
 SAGEMAKER_MODEL_SERVER_TIMEOUT_SECONDS (60),
 SAGEMAKER_MAX_PAYLOAD_IN_MB (6), SAGEMAKER_MULTI_MODEL (false), SAGEMAKER_STARTUP_TIMEOUT
 (600 s; also the limit for one model load), SAGEMAKER_CONTAINER_LOG_LEVEL (20, INFO),
@@ -35,6 +37,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import math
 import os
 import random
 import re
@@ -57,7 +60,7 @@ from urllib.parse import parse_qs
 import psutil
 from PIL import Image
 
-from dogbreed.serving.codec import DEFAULT_MAX_PAYLOAD_MB, encode_error
+from dogbreed.serving.codec import encode_error, max_payload_mb_from_environment
 from dogbreed.serving.log_level import log_level_from_environment
 
 HANDLER_SERVICE = "dogbreed.serving.handler_service"
@@ -76,6 +79,10 @@ MAX_BATCH_DELAY_MS = 10_000
 CPUS_PER_WORKER = 4
 MAX_CPU_WORKERS = 4
 PRECISIONS = ("auto", "fp32", "bf16")  # dogbreed.serving.predictor's; no torch here
+# One image file per request either way: with SplitType None a transform job sends each
+# file whole, and MultiRecord only packs the records a split makes.
+BATCH_STRATEGIES = ("SINGLE_RECORD", "MULTI_RECORD")
+MAX_CONCURRENT_TRANSFORMS = 10_000
 # Request headers that belong to one hop, not to the request (RFC 9110, 7.6.1).
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
               "trailer", "transfer-encoding", "upgrade", "host", "content-length"}
@@ -111,6 +118,17 @@ class ServeSettings:
     gpus: int = 0  # that torch can use: MMS gives each worker one (gpu_id), round robin
     batch_size: int = 0  # 0: chosen from the device once the GPUs are counted
     max_batch_delay_ms: int = DEFAULT_MAX_BATCH_DELAY_MS
+    batch_transform: bool = False  # SAGEMAKER_BATCH: a transform job runs this container
+    batch_strategy: str = "SINGLE_RECORD"
+    max_concurrent_transforms: int = 0  # 0: the job set none; /execution-parameters says
+
+    def execution_parameters(self) -> dict:
+        """What suits a transform job (SageMaker asks when the job set none): as many
+        requests in flight as the workers batch together, one image file per request."""
+        return {"MaxConcurrentTransforms": self.max_concurrent_transforms or
+                self.workers * self.batch_size,
+                "BatchStrategy": self.batch_strategy,
+                "MaxPayloadInMB": math.ceil(self.max_payload_bytes / 2**20)}
 
     @classmethod
     def from_environment(cls) -> "ServeSettings":
@@ -127,6 +145,11 @@ class ServeSettings:
         if precision not in PRECISIONS:
             raise ServeError(f"bad serving setting: DOGBREED_PRECISION={precision!r}: use "
                              f"{', '.join(PRECISIONS)}")
+        transform = _batch_transform_settings()
+        try:
+            payload_bytes = int(max_payload_mb_from_environment() * 2**20)
+        except ValueError as error:
+            raise ServeError(f"bad serving setting: {error}") from None
         runtime = os.environ.get("DOGBREED_SERVE_DIR")
         temporary = not runtime
         runtime = runtime or tempfile.mkdtemp(prefix="dogbreed-serve-")
@@ -135,17 +158,32 @@ class ServeSettings:
                 port=int(os.environ.get("SAGEMAKER_BIND_TO_PORT", "8080")),
                 workers=int(os.environ.get("SAGEMAKER_MODEL_SERVER_WORKERS") or 0),
                 timeout_seconds=int(os.environ.get("SAGEMAKER_MODEL_SERVER_TIMEOUT_SECONDS", "60")),
-                max_payload_bytes=int(float(os.environ.get(
-                    "SAGEMAKER_MAX_PAYLOAD_IN_MB", DEFAULT_MAX_PAYLOAD_MB)) * 1024 * 1024),
+                max_payload_bytes=payload_bytes,
                 multi_model=multi_model,
                 startup_timeout=int(os.environ.get("SAGEMAKER_STARTUP_TIMEOUT", "600")),
                 model_dir=base / ("models" if multi_model else "model"),
                 runtime_dir=Path(runtime),
                 runtime_dir_is_temporary=temporary,
                 **batching,
+                **transform,
             )
         except ValueError as error:
             raise ServeError(f"bad serving setting: {error}") from None
+
+
+def _batch_transform_settings() -> dict:
+    """SageMaker's settings for a transform job's container (set only in one)."""
+    flag = os.environ.get("SAGEMAKER_BATCH", "false").strip().lower()
+    if flag not in ("true", "false"):
+        raise ServeError(f"bad serving setting: SAGEMAKER_BATCH={flag!r}: true or false")
+    strategy = os.environ.get("SAGEMAKER_BATCH_STRATEGY", "").strip() or "SINGLE_RECORD"
+    if strategy not in BATCH_STRATEGIES:
+        raise ServeError(f"bad serving setting: SAGEMAKER_BATCH_STRATEGY={strategy!r}: "
+                         f"{' or '.join(BATCH_STRATEGIES)}")
+    return {"batch_transform": flag == "true", "batch_strategy": strategy,
+            "max_concurrent_transforms": _whole_number(
+                "SAGEMAKER_MAX_CONCURRENT_TRANSFORMS", 0, 0, MAX_CONCURRENT_TRANSFORMS,
+                "requests a transform job sends at once")}
 
 
 def _whole_number(name: str, default: int, minimum: int, maximum: int, meaning: str) -> int:
@@ -590,11 +628,15 @@ class FrontHandler(BaseHTTPRequestHandler):
         if body is None:
             return
         path = self.path.split("?")[0]
+        settings = self.server.backend.settings
         if self.command == "GET" and path == "/ping":
             ready = self.server.ready()
             return self._answer(200 if ready else 503, json.dumps(
                 {"status": "Healthy" if ready else "not ready"}).encode())
-        if not _allowed(self.command, path, self.server.backend.settings.multi_model):
+        if self.command == "GET" and path == "/execution-parameters" and \
+                settings.batch_transform:
+            return self._answer(200, json.dumps(settings.execution_parameters()).encode())
+        if not _allowed(self.command, path, settings.multi_model):
             return self._error(404, f"no endpoint {self.command} {path}")
         if self.server.models is not None and _is_load_or_unload(self.command, path):
             return self._manage_model(path, self.path.partition("?")[2], body)
@@ -749,6 +791,10 @@ def serve(settings: ServeSettings) -> int:
         settings = replace(settings, workers=default_workers(gpus))
     if settings.batch_size == 0:
         settings = replace(settings, batch_size=default_batch_size(gpus))
+        if settings.batch_transform and settings.max_concurrent_transforms:
+            # a batch larger than what the job keeps in flight would wait out the delay
+            in_flight = math.ceil(settings.max_concurrent_transforms / settings.workers)
+            settings = replace(settings, batch_size=min(settings.batch_size, in_flight))
     backend = ModelServer(settings)
     try:
         front = Front(settings.port, backend)
@@ -765,9 +811,12 @@ def serve(settings: ServeSettings) -> int:
     backend.start()
     threading.Thread(target=_watch, args=(front, backend, settings, stopping),
                      daemon=True).start()
-    print(f"serving on port {settings.port} with {settings.workers} worker(s), batches of up "
-          f"to {settings.batch_size} request(s) within {settings.max_batch_delay_ms} ms; MMS on "
-          f"127.0.0.1:{backend.port}, runtime files in {settings.runtime_dir}", flush=True)
+    mode = f"batch transform {settings.execution_parameters()}" if settings.batch_transform \
+        else "endpoint"
+    print(f"serving on port {settings.port} ({mode}) with {settings.workers} worker(s), batches "
+          f"of up to {settings.batch_size} request(s) within {settings.max_batch_delay_ms} ms; "
+          f"MMS on 127.0.0.1:{backend.port}, runtime files in {settings.runtime_dir}",
+          flush=True)
     try:
         front.serve_forever(poll_interval=0.2)
     finally:

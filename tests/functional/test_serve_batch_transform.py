@@ -1,0 +1,62 @@
+"""The serving image as a Batch Transform container: `GET /execution-parameters` and the
+SAGEMAKER_BATCH* settings a transform job sets, with `python -m dogbreed.serve` for real."""
+
+from __future__ import annotations
+
+import re
+
+import requests
+
+from conftest import RunningServer
+
+
+def _registered_batch_size(server: RunningServer) -> int:
+    port = re.search(r"MMS on 127\.0\.0\.1:(\d+)", server.log.read_text()).group(1)
+    described = requests.get(f"http://127.0.0.1:{port}/models/model", timeout=10).json()
+    return (described[0] if isinstance(described, list) else described)["batchSize"]
+
+
+def test_a_transform_job_asks_for_the_execution_parameters(trained_model, sample_data,
+                                                           tmp_path):
+    """A job that set none gets what suits the server: as many requests in flight as its
+    workers batch together (2 workers x the CPU batch of 4), one file per request."""
+    (tmp_path / "model").symlink_to(trained_model)
+    server = RunningServer(tmp_path, SAGEMAKER_BATCH="true").start()
+    try:
+        answer = requests.get(f"{server.url}/execution-parameters", timeout=10)
+        assert answer.status_code == 200
+        assert answer.json() == {"MaxConcurrentTransforms": 8, "BatchStrategy": "SINGLE_RECORD",
+                                 "MaxPayloadInMB": 6}
+        assert _registered_batch_size(server) == 4
+        photo = sorted((sample_data / "test").rglob("*.jpg"))[0]
+        assert requests.post(f"{server.url}/invocations", data=photo.read_bytes(), timeout=30,
+                             headers={"Content-Type": "image/jpeg"}).status_code == 200
+    finally:
+        assert server.stop() == 0
+
+
+def test_the_jobs_own_settings_are_answered_and_bound_the_batch(trained_model, tmp_path):
+    """MaxConcurrentTransforms 3 over 2 workers: batches of at most 2, or a batch would
+    wait out the delay for requests the job never sends."""
+    (tmp_path / "model").symlink_to(trained_model)
+    server = RunningServer(tmp_path, SAGEMAKER_BATCH="true",
+                           SAGEMAKER_MAX_CONCURRENT_TRANSFORMS="3",
+                           SAGEMAKER_BATCH_STRATEGY="MULTI_RECORD",
+                           SAGEMAKER_MAX_PAYLOAD_IN_MB="20").start()
+    try:
+        assert requests.get(f"{server.url}/execution-parameters", timeout=10).json() == {
+            "MaxConcurrentTransforms": 3, "BatchStrategy": "MULTI_RECORD", "MaxPayloadInMB": 20}
+        assert _registered_batch_size(server) == 2
+    finally:
+        assert server.stop() == 0
+
+
+def test_an_endpoint_has_no_execution_parameters(trained_model, tmp_path):
+    (tmp_path / "model").symlink_to(trained_model)
+    server = RunningServer(tmp_path).start()
+    try:
+        answer = requests.get(f"{server.url}/execution-parameters", timeout=10)
+        assert answer.status_code == 404
+        assert answer.json() == {"error": "no endpoint GET /execution-parameters"}
+    finally:
+        assert server.stop() == 0
