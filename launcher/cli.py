@@ -23,6 +23,7 @@ DESCRIPTION = """Drive the dog-breed project end to end on one of three backends
   train     one training job, with given or the tuner's best hyperparameters
   deploy    an endpoint on the serving image (or a local serve process)
   predict   top-k breeds for image files, from the deployed endpoint
+  transform score a whole folder of photos (Batch Transform): JSON per image + CSV
   report    a training job's report (HTML with plots)
   cleanup   stop/delete what deploy created
 
@@ -117,6 +118,22 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--top-k", type=int, choices=range(1, 134), metavar="K",
                          help="breeds per image, 1..133 (default: serving.top_k, 5)")
     predict.add_argument("--json", metavar="FILE", help="also write the answers as JSON")
+
+    transform = command("transform", "Score every image of a folder, as SageMaker Batch "
+                        "Transform does: INPUT/x.jpg -> OUTPUT/x.jpg.out (JSON), plus "
+                        "OUTPUT/predictions.csv. A second run sends only the files without an "
+                        "answer.")
+    transform.add_argument("input", metavar="INPUT", help="folder of images (sub-folders too)")
+    transform.add_argument("--output", help="answers folder (default: WORKDIR/transform/NAME)")
+    transform.add_argument("--model", help="a model/ folder or model.tar.gz; default: the last "
+                           "model `train` made")
+    transform.add_argument("--endpoint", help="score through this deployed endpoint instead "
+                           "of a transform of --model")
+    transform.add_argument("--top-k", type=int, choices=range(1, 134), metavar="K",
+                           help="breeds per image, 1..133 (default: serving.top_k, 5)")
+    transform.add_argument("--concurrency", type=int, choices=range(1, 257), metavar="N",
+                           help="requests in flight, 1..256 (default: what the server's "
+                           "/execution-parameters says; 4 through --endpoint)")
 
     report = command("report", "Build a training job's report (HTML with plots).")
     report.add_argument("--job", help="job name (default: the last `train` job)")

@@ -263,6 +263,50 @@ def predict(args, config: Config, workdir: Path) -> int:
     return 0 if all(answer.error is None for answer in answers) else 1
 
 
+# ---- transform ----------------------------------------------------------------------------
+
+def transform(args, config: Config, workdir: Path) -> int:
+    from launcher import transform as batch
+    input_dir = Path(args.input)
+    output_dir = Path(args.output) if args.output else \
+        workdir / "transform" / (input_dir.resolve().name or "input")
+    top_k = args.top_k or config.serving.top_k
+    result = _scored(args, config, workdir, input_dir, output_dir, top_k)
+    plan = result.plan
+    print(f"{len(plan.files)} file(s): {result.sent} scored now, {plan.already_done} already "
+          f"done, {len(result.failed)} failed; answers in {output_dir}, table in {result.csv}")
+    for file, reason in list(result.failed.items())[:10]:
+        print(f"  {file}: {reason}")
+    if len(result.failed) > 10:
+        print(f"  ... and {len(result.failed) - 10} more (see {batch.CSV_FILE})")
+    return 1 if result.failed else 0
+
+
+def _scored(args, config: Config, workdir: Path, input_dir: Path, output_dir: Path,
+            top_k: int):
+    """`transform`'s work, shared with `evaluate`: through a deployed endpoint
+    (--endpoint), or the backend's own transform of the model."""
+    from launcher import transform as batch
+    plan = batch.plan_transform(input_dir, output_dir)  # bad input refused before anything
+    if args.endpoint:
+        name, record = _endpoint_record(args.endpoint, workdir)
+        invoke = backends.backend(record["backend"]).invoker(config, name, record)
+        print(f"scoring {len(plan.pending)} file(s) through endpoint {name}", flush=True)
+        return batch.run_transform(plan, invoke, top_k,
+                                   args.concurrency or batch.ENDPOINT_CONCURRENCY)
+    return backends.backend(args.backend).transform(
+        args, config, workdir, _last_artifact(args, workdir), plan, top_k)
+
+
+def _endpoint_record(name: str, workdir: Path) -> tuple[str, dict]:
+    state = load_state(workdir)
+    if name not in state["endpoints"]:
+        known = ", ".join(state["endpoints"]) or "none"
+        raise LauncherError(f"no endpoint {name} deployed from {workdir} (known: {known}): run "
+                            "`deploy` first, or leave out --endpoint to score with --model")
+    return name, state["endpoints"][name]
+
+
 # ---- report -----------------------------------------------------------------------------
 
 def report(args, config: Config, workdir: Path) -> int:

@@ -62,8 +62,10 @@ def model_tarball_of(artifact: Path, pack_to: Path) -> Path:
 
 
 def start_serve_process(model_dir: Path, endpoint_dir: Path, port: int,
-                        workers: int | None) -> subprocess.Popen:
-    """`python -m dogbreed.serve` on endpoint_dir/model, in the background."""
+                        workers: int | None, settings: dict[str, str] | None = None
+                        ) -> subprocess.Popen:
+    """`python -m dogbreed.serve` on endpoint_dir/model, in the background; `settings`:
+    more of its environment (SAGEMAKER_BATCH for a transform)."""
     base = endpoint_dir.resolve()
     base.mkdir(parents=True, exist_ok=True)
     link = base / "model"
@@ -74,6 +76,7 @@ def start_serve_process(model_dir: Path, endpoint_dir: Path, port: int,
                DOGBREED_SERVE_DIR=str(base / "runtime"), PYTHONUNBUFFERED="1")
     if workers:
         env["SAGEMAKER_MODEL_SERVER_WORKERS"] = str(workers)
+    env.update(settings or {})
     with open(base / "serve.log", "w") as log:
         return subprocess.Popen([sys.executable, "-m", "dogbreed.serve"], env=env, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:  # `--help` imports the registry: nothing heavy here
     from launcher.config import Config
+    from launcher.transform import Plan as TransformPlan
+    from launcher.transform import TransformResult
 
 # predict's transport: (body, content type, top k) -> (status, answer)
 Invoker = Callable[[bytes, str, int], Any]
@@ -63,6 +65,15 @@ class Backend:
 
     def invoker(self, config: Config, name: str, record: dict[str, Any]) -> Invoker:
         raise NotImplementedError
+
+    def transform(self, args, config: Config, workdir: Path, artifact: str,
+                  plan: TransformPlan, top_k: int) -> TransformResult:
+        """Score the plan's files with the model `artifact` in a transform of this backend's
+        own; the answers land in `plan.output_dir`."""
+        from launcher.errors import LauncherError
+        raise LauncherError(f"transform on the {self.name} backend runs a Batch Transform "
+                            "job, which is not built yet; score through a deployed endpoint "
+                            "with --endpoint NAME, or use --backend process")
 
     def remove_endpoint(self, config: Config, name: str, record: dict[str, Any]) -> str:
         """Stop and delete the endpoint; what was done, for the user."""

@@ -12,13 +12,15 @@ import tarfile
 from pathlib import Path
 
 from launcher import endpoints, jobs
-from launcher.backends.base import effective_config_file
+from launcher.backends.base import Backend, effective_config_file
 from launcher.backends.process import ProcessBackend
 from launcher.config import Config
 
 
 class LocalBackend(ProcessBackend):
     name = "local"
+    # The SDK's Transformer in local mode on the serving image, not the process's server.
+    transform = Backend.transform
 
     def check_ready(self, config: Config, kind: str) -> None:
         from launcher.sagemaker_sdk import check_docker

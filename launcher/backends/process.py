@@ -125,6 +125,30 @@ class ProcessBackend(Backend):
                 f"next: python -m launcher predict{again(args)} IMAGE...\n"
                 f"stop: python -m launcher cleanup{again(args)}")
 
+    def transform(self, args, config: Config, workdir: Path, artifact: str, plan, top_k: int):
+        """The serving program in batch-transform mode (SAGEMAKER_BATCH=true) on a free
+        port for the length of the run; as many requests in flight as its
+        /execution-parameters ask (or --concurrency)."""
+        import requests
+
+        from launcher.predict import http_invoker
+        from launcher.transform import run_transform
+        folder = workdir / "transforms" / plan.output_dir.name
+        model_dir = endpoints.model_dir_of(Path(artifact), folder / "unpacked")
+        port = endpoints.free_port()
+        url = f"http://127.0.0.1:{port}"
+        process = endpoints.start_serve_process(model_dir, folder, port, config.serving.workers,
+                                                {"SAGEMAKER_BATCH": "true"})
+        try:
+            print(f"starting the model server for {artifact} ...", flush=True)
+            endpoints.wait_until_ready(process, url, folder / "serve.log")
+            parameters = requests.get(f"{url}/execution-parameters", timeout=10).json()
+            concurrency = args.concurrency or parameters["MaxConcurrentTransforms"]
+            print(f"scoring {len(plan.pending)} file(s), {concurrency} at a time", flush=True)
+            return run_transform(plan, http_invoker(url), top_k, concurrency)
+        finally:
+            endpoints.stop_process(process.pid)
+
     def invoker(self, config: Config, name: str, record: dict[str, Any]) -> Invoker:
         from launcher.predict import http_invoker
         return http_invoker(record["url"])

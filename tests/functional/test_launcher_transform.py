@@ -1,0 +1,118 @@
+"""`python -m launcher transform` on the process backend, as a user runs it: the serving
+program in batch-transform mode over a folder of the sample data's photos."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import model_server_processes
+from test_launcher_process import launcher, offline_env
+
+CONFIG = """
+workdir = "{workdir}"
+[serving]
+workers = 1
+"""
+
+
+@pytest.fixture()
+def project(tmp_path, sample_data) -> Path:
+    """A working folder with a config, and INPUT: the test split's 15 photos in their breed
+    folders, plus a text file that is not an image."""
+    (tmp_path / "launcher.toml").write_text(CONFIG.format(workdir=tmp_path / "runs"))
+    shutil.copytree(sample_data / "test", tmp_path / "input")
+    (tmp_path / "input" / "notes.txt").write_text("not a photo")
+    return tmp_path
+
+
+def _images(folder: Path) -> list[str]:
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.jpg"))
+
+
+def _rows(output: Path) -> dict[str, dict]:
+    with open(output / "predictions.csv", newline="") as handle:
+        return {row["file"]: row for row in csv.DictReader(handle)}
+
+
+def test_every_image_gets_its_answer_and_a_row(project, trained_model):
+    result = launcher("transform", "input", "--output", "out", "--model", str(trained_model),
+                      "--top-k", "3", cwd=project)
+    assert result.returncode == 1, result.stderr  # the text file failed
+    images = _images(project / "input")
+    assert len(images) == 15
+    for image in images:
+        answer = json.loads((project / "out" / f"{image}.out").read_text())
+        assert len(answer["predictions"][0]) == 3  # SageMaker's file: the server's body
+    rows = _rows(project / "out")
+    assert sorted(rows) == sorted(images + ["notes.txt"])
+    assert rows["notes.txt"]["status"] == "failed"
+    assert "not a JPEG, PNG, WebP or HEIC image" in rows["notes.txt"]["error"]
+    for image in images:
+        expected = json.loads((project / "out" / f"{image}.out").read_text())["predictions"][0]
+        assert rows[image]["status"] == "ok"
+        assert [rows[image][f"label_{rank}"] for rank in (1, 2, 3)] == \
+            [p["label"] for p in expected]
+        assert float(rows[image]["probability_1"]) == pytest.approx(expected[0]["probability"])
+    assert "16 file(s): 15 scored now, 0 already done, 1 failed" in result.stdout
+    assert list((project / "out").rglob("*.partial")) == []
+    assert model_server_processes(project / "runs" / "transforms") == []  # server gone
+
+
+def test_an_interrupted_run_is_completed_by_the_next_without_redoing_anything(
+        project, trained_model):
+    """Ctrl-C once some answers are written: each answer is whole, the CSV lists what is
+    missing, and a second run sends exactly the files without an answer."""
+    command = [sys.executable, "-m", "launcher", "transform", "input", "--output", "out",
+               "--model", str(trained_model), "--concurrency", "1"]
+    first = subprocess.Popen(command, cwd=project, env=offline_env(project),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while len(list((project / "out").rglob("*.out"))) < 3 and time.monotonic() < deadline:
+        assert first.poll() is None, first.communicate()
+        time.sleep(0.05)
+    first.send_signal(signal.SIGINT)
+    _, stderr = first.communicate(timeout=120)
+    assert first.returncode == 1, stderr
+    assert "interrupted:" in stderr and "run the same command again" in stderr
+    written = {path: path.stat().st_mtime_ns for path in (project / "out").rglob("*.out")}
+    assert 3 <= len(written) < 15
+    for path in written:
+        assert json.loads(path.read_text())["predictions"]  # whole, never half written
+    rows = _rows(project / "out")
+    assert sum(row["status"] == "not scored" for row in rows.values()) == 15 - len(written)
+
+    second = launcher("transform", "input", "--output", "out", "--model", str(trained_model),
+                      cwd=project)
+    assert f"16 file(s): {15 - len(written)} scored now, {len(written)} already done, " \
+           "1 failed" in second.stdout, second.stdout + second.stderr
+    assert {path: path.stat().st_mtime_ns for path in written} == written  # not redone
+    assert len(list((project / "out").rglob("*.out"))) == 15
+    assert sum(row["status"] == "ok" for row in _rows(project / "out").values()) == 15
+
+
+@pytest.mark.parametrize("prepare, args, message", [
+    (lambda root: (root / "empty").mkdir(), ("empty",), "holds no files: nothing to score"),
+    (lambda root: ((root / "texts").mkdir(), (root / "texts" / "a.txt").write_text("a")),
+     ("texts",), "holds no JPEG, PNG, WebP or HEIC images (1 other files, e.g. a.txt)"),
+    (lambda root: (root / "taken").write_text("a file"), ("input", "--output", "taken"),
+     "output taken is a file"),
+    (lambda root: None, ("missing",), "input missing is not a folder of images"),
+    (lambda root: None, ("input", "--endpoint", "nowhere"), "no endpoint nowhere deployed"),
+    (lambda root: None, ("input", "--backend", "local", "--model", "m"),
+     "transform on the local backend runs a Batch Transform job"),
+])
+def test_bad_input_is_refused_before_anything_starts(project, prepare, args, message):
+    prepare(project)
+    result = launcher("transform", *args, cwd=project, timeout=60)
+    assert result.returncode == 1
+    assert message in result.stderr
+    assert not (project / "runs" / "transforms").exists()  # no model server was started
