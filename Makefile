@@ -1,5 +1,5 @@
 # Everything starts from a fresh Debian/Ubuntu machine with Python 3.11:
-#   make demo    sample data -> tune -> train -> deploy -> predict -> report, offline, on the CPU
+#   make demo    sample data -> tune -> train -> deploy -> predict -> report -> evaluate, offline, on the CPU
 #   make test    the test suite (what CI runs); make quick-test: its fast tier
 # Both create or reuse .venv at the project root.
 

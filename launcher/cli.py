@@ -24,11 +24,23 @@ DESCRIPTION = """Drive the dog-breed project end to end on one of three backends
   deploy    an endpoint on the serving image (or a local serve process)
   predict   top-k breeds for image files, from the deployed endpoint
   transform score a whole folder of photos (Batch Transform): JSON per image + CSV
+  evaluate  how good the model is on a labelled split: metrics page, consistency check
   report    a training job's report (HTML with plots)
   cleanup   stop/delete what deploy created
 
 Settings come from a config file (TOML or YAML; --config, default ./launcher.toml if
 present); see config/demo.toml and config/sagemaker.example.toml."""
+
+
+def add_scoring_options(command: argparse.ArgumentParser) -> None:
+    """What `transform` and `evaluate` score with, and how many requests at once."""
+    command.add_argument("--model", help="a model/ folder or model.tar.gz; default: the last "
+                         "model `train` made")
+    command.add_argument("--endpoint", help="score through this deployed endpoint instead "
+                         "of a transform of --model")
+    command.add_argument("--concurrency", type=int, choices=range(1, 257), metavar="N",
+                         help="requests in flight, 1..256 (default: what the server's "
+                         "/execution-parameters says; 4 through --endpoint)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -125,15 +137,20 @@ def build_parser() -> argparse.ArgumentParser:
                         "answer.")
     transform.add_argument("input", metavar="INPUT", help="folder of images (sub-folders too)")
     transform.add_argument("--output", help="answers folder (default: WORKDIR/transform/NAME)")
-    transform.add_argument("--model", help="a model/ folder or model.tar.gz; default: the last "
-                           "model `train` made")
-    transform.add_argument("--endpoint", help="score through this deployed endpoint instead "
-                           "of a transform of --model")
+    add_scoring_options(transform)
     transform.add_argument("--top-k", type=int, choices=range(1, 134), metavar="K",
                            help="breeds per image, 1..133 (default: serving.top_k, 5)")
-    transform.add_argument("--concurrency", type=int, choices=range(1, 257), metavar="N",
-                           help="requests in flight, 1..256 (default: what the server's "
-                           "/execution-parameters says; 4 through --endpoint)")
+
+    evaluate = command("evaluate", "Score a labelled split (its folder names are the truth) "
+                       "and write a page: top-1/top-5 accuracy, macro F1, per-breed precision "
+                       "and recall, confusions, calibration, the worst mistakes; the accuracy "
+                       "is compared with the training job's own test_accuracy.")
+    evaluate.add_argument("--split", default="test", help="train, valid or test (default: test)")
+    evaluate.add_argument("--data", help="folder with the splits (default: data.local_dir)")
+    add_scoring_options(evaluate)
+    evaluate.add_argument("--out", help="folder for evaluation.html, evaluation.json and the "
+                          "answers (default: WORKDIR/evaluations/MODEL-SPLIT); a second run "
+                          "sends only the photos without an answer")
 
     report = command("report", "Build a training job's report (HTML with plots).")
     report.add_argument("--job", help="job name (default: the last `train` job)")

@@ -298,6 +298,89 @@ def _scored(args, config: Config, workdir: Path, input_dir: Path, output_dir: Pa
         args, config, workdir, _last_artifact(args, workdir), plan, top_k)
 
 
+# ---- evaluate ----------------------------------------------------------------------------
+
+EVALUATION_TOP_K = 5  # top-5 accuracy needs five answers per photo
+THUMBNAIL_PIXELS = 160
+
+
+def evaluate(args, config: Config, workdir: Path) -> int:
+    """Score a labelled split (its folder names are the truth) through an endpoint or a
+    transform, and write the evaluation page; compare with the job's own test_accuracy."""
+    from launcher import evaluation
+    from launcher import transform as batch
+    split_dir = Path(args.data or config.data.local_dir) / args.split
+    if not split_dir.is_dir():
+        raise LauncherError(f"split folder {split_dir} not found: pass --data (the folder "
+                            "with train/, valid/, test/) and --split")
+    artifact = _evaluated_model(args, workdir)
+    label = _label_of(artifact)
+    out = Path(args.out) if args.out else workdir / "evaluations" / f"{label}-{args.split}"
+    if out.exists() and not out.is_dir():
+        raise LauncherError(f"--out {out} is a file; give a folder")
+    description = _model_description(config, artifact, out / "model")
+    folders = {folder: index for index, folder in enumerate(description["class_folders"])}
+    unknown = sorted({path.name for path in split_dir.iterdir() if path.is_dir()} - set(folders))
+    if unknown:
+        raise LauncherError(f"{split_dir} has folders the model does not know: "
+                            f"{', '.join(unknown[:5])}; is it the data the model was trained "
+                            "on?")
+    if not args.endpoint:
+        args.model = artifact
+    result = _scored(args, config, workdir, split_dir, out / "transform", EVALUATION_TOP_K)
+    scored = []
+    for file in result.plan.files:
+        predictions = batch.read_answer(batch.answer_path(out / "transform", file))
+        folder = file.split("/")[0]
+        if predictions is not None and folder in folders:
+            scored.append(evaluation.Scored(file, folders[folder], predictions))
+    if not scored:
+        raise LauncherError(f"no photo of {split_dir} was scored; see "
+                            f"{out / 'transform' / batch.CSV_FILE}")
+    metrics = evaluation.evaluate(scored, description["class_names"],
+                                  (description.get("metrics") or {}).get("test_accuracy"))
+    thumbnails = _thumbnails(split_dir, [m["file"] for m in metrics["worst_mistakes"]])
+    page = evaluation.write_page(metrics, out, thumbnails,
+                                 title=f"{label} on {args.split} ({len(scored)} photos)")
+    print(evaluation.print_summary(metrics))
+    if result.failed:
+        print(f"{len(result.failed)} file(s) not scored, left out (see "
+              f"{out / 'transform' / batch.CSV_FILE})")
+    print(f"page: {page}\ndata: {out / 'evaluation.json'}")
+    return 0
+
+
+def _evaluated_model(args, workdir: Path) -> str:
+    if args.endpoint:
+        return _endpoint_record(args.endpoint, workdir)[1]["model"]
+    return _last_artifact(args, workdir)
+
+
+def _model_description(config: Config, artifact: str, scratch: Path) -> dict:
+    """The artifact's model.json: class folders and names, and the job's own metrics."""
+    model_dir = endpoints.model_dir_of(Path(_fetched(config, artifact, scratch)),
+                                       scratch / "unpacked")
+    return json.loads((model_dir / "model.json").read_text())
+
+
+def _thumbnails(split_dir: Path, files: list[str]) -> dict[str, bytes]:
+    import io
+
+    from PIL import Image, ImageOps
+    thumbnails = {}
+    for file in files:
+        try:
+            with Image.open(split_dir / file) as image:
+                image = ImageOps.exif_transpose(image).convert("RGB")
+                image.thumbnail((THUMBNAIL_PIXELS, THUMBNAIL_PIXELS))
+                buffer = io.BytesIO()
+                image.save(buffer, format="JPEG", quality=85)
+        except OSError:
+            continue  # the page says "no thumbnail"
+        thumbnails[file] = buffer.getvalue()
+    return thumbnails
+
+
 def _endpoint_record(name: str, workdir: Path) -> tuple[str, dict]:
     state = load_state(workdir)
     if name not in state["endpoints"]:

@@ -2,7 +2,7 @@
 
 sample data -> tune (a few small trials, 2 at a time) -> train with the best
 hyperparameters -> deploy (a local serve process) -> predict on test images -> report ->
-cleanup. Each step is the same `python -m launcher` command a user would type (printed
+cleanup -> evaluate on the test split (a batch transform of it). Each step is the same `python -m launcher` command a user would type (printed
 before it runs), with config/demo.toml.
 """
 
@@ -18,10 +18,11 @@ from pathlib import Path
 from launcher.cli import main as launcher
 
 CONFIG = "config/demo.toml"
+STEPS = 8
 
 
 def step(number: int, argv: list[str]) -> None:
-    print(f"\n=== {number}/7  python -m launcher {' '.join(argv)}", flush=True)
+    print(f"\n=== {number}/{STEPS}  python -m launcher {' '.join(argv)}", flush=True)
     code = launcher(argv)
     if code != 0:
         raise SystemExit(f"demo step {number} failed (exit {code}); see the messages above")
@@ -54,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         step(6, ["cleanup", *common])
     step(7, ["report", *common])
+    step(8, ["evaluate", *common])
     state = json.loads((workdir / "state.json").read_text())
     job = state["last_training"]["job"]
     model = json.loads((Path(state["last_training"]["artifact"]) / "model.json").read_text())
@@ -68,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
           f"  {workdir / 'tuning/dogbreed-tune/trials.png'}  the trials plotted\n"
           f"  {best}  the best hyperparameters (train --hyperparameters takes it)\n"
           f"  {workdir / 'reports' / (job + '.html')}  the training report (a browser)\n"
+          f"  {workdir / 'evaluations' / (job + '-test') / 'evaluation.html'}  how good the "
+          "model is on the test split\n"
           f"  {workdir / 'jobs' / job}/  the job's /opt/ml tree: model/, checkpoints/, "
           "output/, train.log")
     return 0

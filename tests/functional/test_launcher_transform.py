@@ -116,3 +116,54 @@ def test_bad_input_is_refused_before_anything_starts(project, prepare, args, mes
     assert result.returncode == 1
     assert message in result.stderr
     assert not (project / "runs" / "transforms").exists()  # no model server was started
+
+
+def test_evaluate_scores_the_test_split_and_agrees_with_the_job(project, sample_data,
+                                                                trained_model):
+    """The page's numbers equal a computation here from the answers it was built on, and
+    the endpoint's top-1 over the test split equals the training job's own test_accuracy
+    (the same photos, the same preprocessing)."""
+    result = launcher("evaluate", "--model", str(trained_model), "--data", str(sample_data),
+                      "--out", "evaluation", cwd=project)
+    assert result.returncode == 0, result.stdout + result.stderr
+    evaluation = json.loads((project / "evaluation" / "evaluation.json").read_text())
+    description = json.loads((trained_model / "model.json").read_text())
+    folders = description["class_folders"]
+    answers = {path: json.loads(path.read_text())["predictions"][0]
+               for path in (project / "evaluation" / "transform").rglob("*.out")}
+    assert len(answers) == evaluation["images"] == 15
+    truth = {path: folders.index(path.parent.name) for path in answers}
+    top1 = sum(answers[p][0]["class_id"] == truth[p] for p in answers) / len(answers)
+    top5 = sum(truth[p] in [a["class_id"] for a in answers[p][:5]] for p in answers) / 15
+    assert evaluation["top1_accuracy"] == pytest.approx(top1)
+    assert evaluation["top5_accuracy"] == pytest.approx(top5)
+    job_accuracy = description["metrics"]["test_accuracy"]
+    assert evaluation["consistency"]["job_test_accuracy"] == pytest.approx(job_accuracy)
+    assert evaluation["top1_accuracy"] == pytest.approx(job_accuracy)
+    assert evaluation["consistency"]["consistent"] is True
+    assert f"endpoint top-1 {job_accuracy:.4f} = job test_accuracy" in result.stdout
+    page = (project / "evaluation" / "evaluation.html").read_text()
+    assert page.count("data:image/png;base64,") == 2  # confusion heatmap, reliability
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--split", "holdout"), "split folder"),
+    (("--split", "train", "--model", "nowhere"), "model nowhere not found"),
+])
+def test_evaluate_refuses_bad_input(project, sample_data, trained_model, args, message):
+    arguments = ["--data", str(sample_data), "--model", str(trained_model), *args]
+    result = launcher("evaluate", *arguments, cwd=project, timeout=120)
+    assert result.returncode == 1
+    assert message in result.stderr
+
+
+def test_evaluate_refuses_a_split_with_breeds_the_model_does_not_know(project, sample_data,
+                                                                      trained_model):
+    data = project / "data"
+    shutil.copytree(sample_data / "test", data / "test")
+    shutil.copytree(data / "test" / sorted(p.name for p in (data / "test").iterdir())[0],
+                    data / "test" / "999.Unicorn")
+    result = launcher("evaluate", "--data", str(data), "--model", str(trained_model),
+                      cwd=project, timeout=120)
+    assert result.returncode == 1
+    assert "has folders the model does not know: 999.Unicorn" in result.stderr
