@@ -58,7 +58,7 @@ def main() -> None:
                 clients.append(rate)
                 output = base / "out"
                 shutil.rmtree(output, ignore_errors=True)
-                plan = plan_transform(photos, output)
+                plan = plan_transform(photos, output, {"model": "random", "top_k": 5})
                 started = time.perf_counter()
                 result = run_transform(plan, http_invoker(url), 5, concurrency)
                 transforms.append(len(plan.files) / (time.perf_counter() - started))

@@ -273,7 +273,7 @@ def transform(args, config: Config, workdir: Path) -> int:
     top_k = args.top_k or config.serving.top_k
     result = _scored(args, config, workdir, input_dir, output_dir, top_k)
     plan = result.plan
-    print(f"{len(plan.files)} file(s): {result.sent} scored now, {plan.already_done} already "
+    print(f"{len(plan.files)} file(s): {result.scored} scored now, {plan.already_done} already "
           f"done, {len(result.failed)} failed; answers in {output_dir}, table in {result.csv}")
     for file, reason in list(result.failed.items())[:10]:
         print(f"  {file}: {reason}")
@@ -287,15 +287,22 @@ def _scored(args, config: Config, workdir: Path, input_dir: Path, output_dir: Pa
     """`transform`'s work, shared with `evaluate`: through a deployed endpoint
     (--endpoint), or the backend's own transform of the model."""
     from launcher import transform as batch
-    plan = batch.plan_transform(input_dir, output_dir)  # bad input refused before anything
+    batch.check_folders(input_dir, output_dir)  # the user's folders before the model
     if args.endpoint:
         name, record = _endpoint_record(args.endpoint, workdir)
+        source = {"endpoint": name, "model": record.get("model"), "top_k": top_k}
+    else:
+        artifact = _last_artifact(args, workdir)
+        source = {"model": str(Path(artifact).resolve()) if "://" not in artifact else artifact,
+                  "top_k": top_k}
+    plan = batch.plan_transform(input_dir, output_dir, source)  # refused before anything
+    if args.endpoint:
         invoke = backends.backend(record["backend"]).invoker(config, name, record)
         print(f"scoring {len(plan.pending)} file(s) through endpoint {name}", flush=True)
         return batch.run_transform(plan, invoke, top_k,
                                    args.concurrency or batch.ENDPOINT_CONCURRENCY)
-    return backends.backend(args.backend).transform(
-        args, config, workdir, _last_artifact(args, workdir), plan, top_k)
+    return backends.backend(args.backend).transform(args, config, workdir, artifact, plan,
+                                                    top_k)
 
 
 # ---- evaluate ----------------------------------------------------------------------------
@@ -337,8 +344,10 @@ def evaluate(args, config: Config, workdir: Path) -> int:
     if not scored:
         raise LauncherError(f"no photo of {split_dir} was scored; see "
                             f"{out / 'transform' / batch.CSV_FILE}")
-    metrics = evaluation.evaluate(scored, description["class_names"],
-                                  (description.get("metrics") or {}).get("test_accuracy"))
+    # The job's test_accuracy covers the whole test split: compared only with the same
+    job_accuracy = (description.get("metrics") or {}).get("test_accuracy") \
+        if args.split == "test" and not result.failed else None
+    metrics = evaluation.evaluate(scored, description["class_names"], job_accuracy)
     thumbnails = _thumbnails(split_dir, [m["file"] for m in metrics["worst_mistakes"]])
     page = evaluation.write_page(metrics, out, thumbnails,
                                  title=f"{label} on {args.split} ({len(scored)} photos)")

@@ -150,6 +150,19 @@ def stop_process(pid: int, timeout: float = 120) -> bool:
     return True
 
 
+def stop_process_surely(pid: int) -> None:
+    """`stop_process`, and a second Ctrl-C during its wait kills the process group at once
+    instead of leaving it running."""
+    try:
+        stop_process(pid)
+    except KeyboardInterrupt:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        raise
+
+
 def _reap(pid: int) -> None:
     """A child of this very process (deploy and cleanup in one run) must be waited for."""
     try:

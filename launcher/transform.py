@@ -26,6 +26,7 @@ from launcher.predict import content_type_of
 
 OUT_SUFFIX = ".out"  # what SageMaker appends to each input object's name
 CSV_FILE = "predictions.csv"
+RUN_FILE = "transform.json"  # what the answers in the folder come from
 # Requests in flight through a deployed endpoint (a transform's own server says its own).
 ENDPOINT_CONCURRENCY = 4
 Invoke = Callable[[bytes, str, int], tuple[int, bytes]]
@@ -45,9 +46,14 @@ class Plan:
 @dataclass
 class TransformResult:
     plan: Plan
-    sent: int = 0
+    sent: int = 0  # answered or refused
     failed: dict[str, str] = field(default_factory=dict)  # file -> reason
     csv: Path | None = None
+
+    @property
+    def scored(self) -> int:
+        """Files answered in this run."""
+        return self.sent - sum(file in self.plan.pending for file in self.failed)
 
 
 def input_files(folder: Path) -> list[str]:
@@ -59,6 +65,15 @@ def input_files(folder: Path) -> list[str]:
                                                   path.relative_to(folder).parts))
     if not files:
         raise LauncherError(f"input {folder} holds no files: nothing to score")
+    return files
+
+
+def check_folders(input_dir: Path, output_dir: Path) -> list[str]:
+    """The input's files; refused: an input without files, an output that is a file."""
+    files = input_files(input_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise LauncherError(f"output {output_dir} is a file; give a folder (it is created if "
+                            "missing)")
     return files
 
 
@@ -74,13 +89,26 @@ def read_answer(path: Path) -> list[dict] | None:
         return None
 
 
-def plan_transform(input_dir: Path, output_dir: Path) -> Plan:
+def plan_transform(input_dir: Path, output_dir: Path, source: dict) -> Plan:
     """The files to send: every file of `input_dir` that is an image and has no finished
-    answer in `output_dir`. Refuses an output that is a file, and an input without images."""
-    files = input_files(input_dir)
-    if output_dir.exists() and not output_dir.is_dir():
-        raise LauncherError(f"output {output_dir} is a file; give a folder (it is created if "
-                            "missing)")
+    answer in `output_dir`. Refuses an output that is a file, an input without images, and
+    an output holding the answers of another run (`source`: the input, the model or
+    endpoint, top_k; an answer is only reused for the same)."""
+    files = check_folders(input_dir, output_dir)
+    source = dict(source, input=str(input_dir.resolve()))
+    recorded = output_dir / RUN_FILE
+    if recorded.is_file():
+        try:
+            earlier = json.loads(recorded.read_text())
+        except ValueError:
+            earlier = None
+        if earlier != source:
+            raise LauncherError(f"output {output_dir} holds the answers of another run "
+                                f"({earlier}); give another --output, or remove it to score "
+                                "again")
+    elif output_dir.is_dir() and any(output_dir.rglob("*" + OUT_SUFFIX)):
+        raise LauncherError(f"output {output_dir} holds answers that no transform recorded; "
+                            "give another --output, or remove it")
     pending, failed, done = {}, {}, 0
     for file in files:
         if read_answer(answer_path(output_dir, file)) is not None:
@@ -93,6 +121,8 @@ def plan_transform(input_dir: Path, output_dir: Path) -> Plan:
     if len(failed) == len(files):
         raise LauncherError(f"input {input_dir} holds no JPEG, PNG, WebP or HEIC images "
                             f"({len(files)} other files, e.g. {files[0]})")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    recorded.write_text(json.dumps(source, indent=2) + "\n")
     return Plan(input_dir, output_dir, files, pending, failed, done)
 
 
@@ -128,6 +158,10 @@ def run_transform(plan: Plan, invoke: Invoke, top_k: int, concurrency: int) -> T
         except KeyboardInterrupt:
             interrupted = True
             wait(running)  # those in flight finish whole; nothing new starts
+        except LauncherError:  # the endpoint went away: the table still says what is done
+            wait(running)
+            write_csv(plan.output_dir, plan.files, top_k, result.failed)
+            raise
     result.csv = write_csv(plan.output_dir, plan.files, top_k, result.failed)
     if interrupted:
         finished = sum(read_answer(answer_path(plan.output_dir, f)) is not None

@@ -129,11 +129,16 @@ class ProcessBackend(Backend):
         """The serving program in batch-transform mode (SAGEMAKER_BATCH=true) on a free
         port for the length of the run; as many requests in flight as its
         /execution-parameters ask (or --concurrency)."""
+        import tempfile
+
         import requests
 
         from launcher.predict import http_invoker
         from launcher.transform import run_transform
-        folder = workdir / "transforms" / plan.output_dir.name
+        (workdir / "transforms").mkdir(parents=True, exist_ok=True)
+        # one folder per run: two transforms at once must not share a model or a server
+        folder = Path(tempfile.mkdtemp(prefix=f"{plan.output_dir.name}-",
+                                       dir=workdir / "transforms"))
         model_dir = endpoints.model_dir_of(Path(artifact), folder / "unpacked")
         port = endpoints.free_port()
         url = f"http://127.0.0.1:{port}"
@@ -145,9 +150,11 @@ class ProcessBackend(Backend):
             parameters = requests.get(f"{url}/execution-parameters", timeout=10).json()
             concurrency = args.concurrency or parameters["MaxConcurrentTransforms"]
             print(f"scoring {len(plan.pending)} file(s), {concurrency} at a time", flush=True)
-            return run_transform(plan, http_invoker(url), top_k, concurrency)
+            result = run_transform(plan, http_invoker(url), top_k, concurrency)
         finally:
-            endpoints.stop_process(process.pid)
+            endpoints.stop_process_surely(process.pid)
+        shutil.rmtree(folder, ignore_errors=True)  # kept when it failed: its serve.log
+        return result
 
     def invoker(self, config: Config, name: str, record: dict[str, Any]) -> Invoker:
         from launcher.predict import http_invoker

@@ -102,7 +102,8 @@ def test_an_interrupted_run_is_completed_by_the_next_without_redoing_anything(
 @pytest.mark.parametrize("prepare, args, message", [
     (lambda root: (root / "empty").mkdir(), ("empty",), "holds no files: nothing to score"),
     (lambda root: ((root / "texts").mkdir(), (root / "texts" / "a.txt").write_text("a")),
-     ("texts",), "holds no JPEG, PNG, WebP or HEIC images (1 other files, e.g. a.txt)"),
+     ("texts", "--model", "m"),
+     "holds no JPEG, PNG, WebP or HEIC images (1 other files, e.g. a.txt)"),
     (lambda root: (root / "taken").write_text("a file"), ("input", "--output", "taken"),
      "output taken is a file"),
     (lambda root: None, ("missing",), "input missing is not a folder of images"),
@@ -144,6 +145,29 @@ def test_evaluate_scores_the_test_split_and_agrees_with_the_job(project, sample_
     assert f"endpoint top-1 {job_accuracy:.4f} = job test_accuracy" in result.stdout
     page = (project / "evaluation" / "evaluation.html").read_text()
     assert page.count("data:image/png;base64,") == 2  # confusion heatmap, reliability
+
+
+def test_another_runs_answers_are_never_taken_for_this_ones(project, trained_model):
+    """The same output with another top_k (or model, or input) is refused, not reused."""
+    first = launcher("transform", "input", "--output", "out", "--model", str(trained_model),
+                     "--top-k", "3", cwd=project)
+    assert first.returncode == 1 and "15 scored now" in first.stdout  # notes.txt failed
+    second = launcher("transform", "input", "--output", "out", "--model", str(trained_model),
+                      "--top-k", "5", cwd=project, timeout=60)
+    assert second.returncode == 1
+    assert "output out holds the answers of another run" in second.stderr
+    assert len(json.loads(next((project / "out").rglob("*.out")).read_text())
+               ["predictions"][0]) == 3  # left as they were
+
+
+def test_evaluate_compares_with_the_job_only_on_the_test_split(project, sample_data,
+                                                               trained_model):
+    result = launcher("evaluate", "--model", str(trained_model), "--data", str(sample_data),
+                      "--split", "valid", "--out", "valid", cwd=project)
+    assert result.returncode == 0, result.stderr
+    assert "(no job test_accuracy to compare with)" in result.stdout
+    assert json.loads((project / "valid" / "evaluation.json").read_text())[
+        "consistency"]["consistent"] is None
 
 
 @pytest.mark.parametrize("args, message", [

@@ -480,3 +480,22 @@ def test_a_client_that_resets_its_connection_leaves_one_debug_line_and_no_traceb
     assert "Traceback" not in logged and "ConnectionResetError" not in logged
     good = requests.post(f"{server.url}/invocations", data=image, headers=JPEG, timeout=30)
     assert good.status_code == 200
+
+
+def test_many_images_run_in_forward_passes_of_the_batch_size(trained_model, sample_data):
+    """A batch of requests with many JSON instances each is split into passes of at most
+    the worker's batch size (its memory and warmed-up shapes); the answers are the same."""
+    classifier = BreedClassifier.load(trained_model)
+    images = [open_rgb(path) for path in _test_images(sample_data)[:5]]
+    whole = classifier.predict(images, top_k=3)
+    classifier.warm_up(2)
+    passes = []
+    forward = classifier._forward
+    classifier._forward = lambda crops, top_k: passes.append(len(crops)) or forward(crops, top_k)
+    chunked = classifier.predict(images, top_k=3)
+    assert passes == [2, 2, 1]
+    assert [[p["class_id"] for p in row] for row in chunked] == \
+        [[p["class_id"] for p in row] for row in whole]
+    for row, reference in zip(chunked, whole):
+        assert [p["probability"] for p in row] == pytest.approx(
+            [p["probability"] for p in reference], abs=1e-4)

@@ -19,9 +19,9 @@ def _registered_batch_size(server: RunningServer) -> int:
 def test_a_transform_job_asks_for_the_execution_parameters(trained_model, sample_data,
                                                            tmp_path):
     """A job that set none gets what suits the server: as many requests in flight as its
-    workers batch together (2 workers x the CPU batch of 4), one file per request."""
+    workers batch together (2 workers x batches of 4), one file per request."""
     (tmp_path / "model").symlink_to(trained_model)
-    server = RunningServer(tmp_path, SAGEMAKER_BATCH="true").start()
+    server = RunningServer(tmp_path, SAGEMAKER_BATCH="true", DOGBREED_BATCH_SIZE="4").start()
     try:
         answer = requests.get(f"{server.url}/execution-parameters", timeout=10)
         assert answer.status_code == 200

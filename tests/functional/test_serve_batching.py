@@ -184,7 +184,7 @@ def test_a_lone_request_waits_at_most_the_batch_delay(batching, sample_data):
         latencies.append(time.monotonic() - started)
         assert answer.status_code == 200
     median = statistics.median(latencies)
-    assert DELAY_MS / 1000 * 0.9 <= median < DELAY_MS / 1000 + 1.0, latencies
+    assert DELAY_MS / 1000 * 0.9 <= median < DELAY_MS / 1000 + 2.0, latencies
 
 
 def test_sixty_four_clients_connecting_at_once_are_all_answered(batching, sample_data):

@@ -87,3 +87,20 @@ def test_without_padding_some_batches_would_straddle():
                                                              MMS_SUCCESS, 200, context))
         straddling += any(offset % 16 == 0 or offset % 16 > 12 for offset in offsets)
     assert straddling > 0
+
+
+@pytest.mark.parametrize("extra", range(16))
+def test_a_model_that_failed_to_load_answers_every_request_of_a_batch_whole(extra):
+    """Each request of the batch gets the load failure's 503 and reason, padded like any
+    reply (the reason's length decides where the status codes fall: all 16 residues)."""
+    from dogbreed.serving.handler import BreedTransformer
+    context = _batch(["", "", ""], [])
+    context._system_properties["model_dir"] = "/nowhere" + "x" * extra
+    answers = BreedTransformer().transform([{"body": b"x"}] * 3, context)
+    reply = create_predict_response(answers, context.request_ids, MMS_SUCCESS, 200, context)
+    offsets, bodies = _status_offsets(reply)
+    for offset in offsets:
+        assert offset % 16 != 0 and offset % 16 <= 12, (offset, offsets)
+    assert [struct.unpack("!i", reply[o:o + 4])[0] for o in offsets] == [503] * 3
+    assert {json.loads(body)["error"] for body in bodies} == {
+        f"model_fn failed: model directory /nowhere{'x' * extra} does not exist"}

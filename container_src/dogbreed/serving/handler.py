@@ -82,10 +82,10 @@ def input_fn(input_data: bytes, content_type: str, context=None,
 
 
 def predict_fn(data: list, model: BreedClassifier) -> list:
-    """The (images, top_k) of several requests in one forward pass; one prediction list
-    per request, each with its own top_k."""
+    """The (crops, top_k) of several requests run together (one forward pass up to the
+    batch size); one prediction list per request, each with its own top_k."""
     images = [image for request_images, _ in data for image in request_images]
-    rows = model.predict(images, max(top_k for _, top_k in data)) if images else []
+    rows = model.predict_crops(images, max(top_k for _, top_k in data)) if images else []
     predictions, start = [], 0
     for request_images, top_k in data:
         predictions.append([row[:top_k] for row in rows[start:start + len(request_images)]])
@@ -118,17 +118,20 @@ class BreedTransformer(Transformer):
                 model_dir=context.system_properties.get("model_dir"), context=context)
         except Exception as error:  # the reason in the body, the traceback in the log
             failure = ModelNotLoaded(error)
-            return [self.handle_error(context, failure, traceback.format_exc(), index)
-                    for index in range(len(data))]
+            return pad_for_split_reads([self.handle_error(context, failure,
+                                                          traceback.format_exc(), index)
+                                        for index in range(len(data))], context)
         model = self._model
         answers: list = [None] * len(data)
 
         def decode(index: int):
             headers = _request_headers(context, index)
             try:
-                return self._input_fn(data[index].get("body") or b"",
-                                      headers.get("content-type"), context,
-                                      decode_size=model.decode_size, index=index)
+                images, top_k = self._input_fn(data[index].get("body") or b"",
+                                               headers.get("content-type"), context,
+                                               decode_size=model.decode_size, index=index)
+                # only the model's crops wait for the batch, not the decoded photos
+                return [model.crop(image) for image in images], top_k
             except ClientError as error:
                 answers[index] = self.handle_error(context, GenericInferenceToolkitError(
                     error.status, error.message), "", index)

@@ -60,6 +60,9 @@ class BreedClassifier:
     # worker's cores
     pool: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(
         max(1, torch.get_num_threads()), thread_name_prefix="decode"))
+    # The most images one forward pass takes (`warm_up` sets the worker's batch size): a
+    # batch of requests with many JSON instances each runs in several passes.
+    max_batch: int = 256
 
     @classmethod
     def load(cls, model_dir: str | Path, device: str | torch.device = "cpu",
@@ -116,19 +119,31 @@ class BreedClassifier:
         each size from 1 to `batch_size` (each new shape costs kernel selection and memory
         on its first run); on a CPU 1 and `batch_size` (each image costs a real forward
         pass there, and the sizes in between reuse the same kernels)."""
+        self.max_batch = batch_size
         sizes = range(1, batch_size + 1) if self.device.type == "cuda" else {1, batch_size}
         size = self.preprocessing["resize"]
         for count in sorted(sizes):
             self.predict([Image.new("RGB", (size, size))] * count, top_k=1)
         return sorted(sizes)
 
-    @torch.inference_mode()
+    def crop(self, image: Image.Image) -> np.ndarray:
+        """The eval transform's PIL steps: the (side, side, 3) uint8 pixels the model sees.
+        A request keeps only these, not its decoded photos, until its batch runs."""
+        return np.asarray(eval_crop(image, self.preprocessing), dtype=np.uint8)
+
     def predict(self, images: list[Image.Image], top_k: int = DEFAULT_TOP_K
                 ) -> list[list[dict[str, Any]]]:
-        """One list of the `top_k` most likely breeds per image, most likely first; the
-        images run as one batch."""
-        crops = self.map(lambda image: np.asarray(eval_crop(image, self.preprocessing),
-                                                  dtype=np.uint8), images)
+        """One list of the `top_k` most likely breeds per image, most likely first."""
+        return self.predict_crops(self.map(self.crop, images), top_k)
+
+    def predict_crops(self, crops: list[np.ndarray], top_k: int = DEFAULT_TOP_K
+                      ) -> list[list[dict[str, Any]]]:
+        """`predict` on `crop`s, in forward passes of at most `max_batch` images."""
+        return [row for start in range(0, len(crops), self.max_batch)
+                for row in self._forward(crops[start:start + self.max_batch], top_k)]
+
+    @torch.inference_mode()
+    def _forward(self, crops: list[np.ndarray], top_k: int) -> list[list[dict[str, Any]]]:
         pixels = torch.from_numpy(np.stack(crops)).to(self.device, non_blocking=True)
         # NHWC viewed as NCHW is already channels_last: no copy before the model
         batch = to_model_input(pixels.permute(0, 3, 1, 2), self.preprocessing).to(self.dtype)

@@ -24,7 +24,8 @@ Settings (environment): SAGEMAKER_BIND_TO_PORT (8080), SAGEMAKER_MODEL_SERVER_WO
 pass: 32 on a GPU, 4 on CPUs; 1 turns batching off), DOGBREED_MAX_BATCH_DELAY_MS (5),
 DOGBREED_PRECISION (auto: bf16 on GPUs that support it; fp32, bf16), SAGEMAKER_BATCH
 (true in a transform job: `GET /execution-parameters` answers), SAGEMAKER_BATCH_STRATEGY,
-SAGEMAKER_MAX_CONCURRENT_TRANSFORMS (a transform job's; the batch size stays within it),
+SAGEMAKER_MAX_CONCURRENT_TRANSFORMS (a transform job's; the default batch size stays
+within it),
 SAGEMAKER_MODEL_SERVER_TIMEOUT_SECONDS (60),
 SAGEMAKER_MAX_PAYLOAD_IN_MB (6), SAGEMAKER_MULTI_MODEL (false), SAGEMAKER_STARTUP_TIMEOUT
 (600 s; also the limit for one model load), SAGEMAKER_CONTAINER_LOG_LEVEL (20, INFO),
