@@ -136,11 +136,12 @@ def run_transform(plan: Plan, invoke: Invoke, top_k: int, concurrency: int) -> T
 
     def score(file: str) -> None:
         status, body = invoke((plan.input_dir / file).read_bytes(), plan.pending[file], top_k)
-        if status == 200 and read_answer_bytes(body) is not None:
+        answered = status == 200 and read_answer_bytes(body) is not None
+        if answered:
             _write_whole(answer_path(plan.output_dir, file), body)
         with lock:
             result.sent += 1
-            if status != 200 or read_answer_bytes(body) is None:
+            if not answered:
                 result.failed[file] = f"{status}: {_reason(body)}"
 
     interrupted = False

@@ -106,6 +106,15 @@ class RunningServer:
         self.stop()
         raise AssertionError(f"server not ready in {timeout} s:\n{self.log.read_text()[-3000:]}")
 
+    def registered_model(self) -> dict:
+        """How MMS itself describes the single model (its batch size, delay, workers), from
+        its management API on the loopback port the serve log names."""
+        import re
+
+        import requests
+        port = re.search(r"MMS on 127\.0\.0\.1:(\d+)", self.log.read_text()).group(1)
+        return one_model(requests.get(f"http://127.0.0.1:{port}/models/model", timeout=10).json())
+
     def stop(self) -> int:
         if self.process is None or self.process.poll() is not None:
             return self.process.returncode if self.process else 0
@@ -115,6 +124,13 @@ class RunningServer:
         except subprocess.TimeoutExpired:
             self.process.kill()
             raise
+
+
+def one_model(described):
+    """MMS describes a model as an object or as a list of one, depending on the call."""
+    if isinstance(described, list):
+        [described] = described
+    return described
 
 
 def model_server_processes(runtime_dir: Path) -> list[str]:

@@ -3,17 +3,9 @@ SAGEMAKER_BATCH* settings a transform job sets, with `python -m dogbreed.serve` 
 
 from __future__ import annotations
 
-import re
-
 import requests
 
 from conftest import RunningServer
-
-
-def _registered_batch_size(server: RunningServer) -> int:
-    port = re.search(r"MMS on 127\.0\.0\.1:(\d+)", server.log.read_text()).group(1)
-    described = requests.get(f"http://127.0.0.1:{port}/models/model", timeout=10).json()
-    return (described[0] if isinstance(described, list) else described)["batchSize"]
 
 
 def test_a_transform_job_asks_for_the_execution_parameters(trained_model, sample_data,
@@ -27,7 +19,7 @@ def test_a_transform_job_asks_for_the_execution_parameters(trained_model, sample
         assert answer.status_code == 200
         assert answer.json() == {"MaxConcurrentTransforms": 8, "BatchStrategy": "SINGLE_RECORD",
                                  "MaxPayloadInMB": 6}
-        assert _registered_batch_size(server) == 4
+        assert server.registered_model()["batchSize"] == 4
         photo = sorted((sample_data / "test").rglob("*.jpg"))[0]
         assert requests.post(f"{server.url}/invocations", data=photo.read_bytes(), timeout=30,
                              headers={"Content-Type": "image/jpeg"}).status_code == 200
@@ -46,7 +38,7 @@ def test_the_jobs_own_settings_are_answered_and_bound_the_batch(trained_model, t
     try:
         assert requests.get(f"{server.url}/execution-parameters", timeout=10).json() == {
             "MaxConcurrentTransforms": 3, "BatchStrategy": "MULTI_RECORD", "MaxPayloadInMB": 20}
-        assert _registered_batch_size(server) == 2
+        assert server.registered_model()["batchSize"] == 2
     finally:
         assert server.stop() == 0
 

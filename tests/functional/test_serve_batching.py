@@ -20,7 +20,7 @@ import pytest
 import requests
 from PIL import Image
 
-from conftest import RunningServer, model_server_processes
+from conftest import RunningServer, model_server_processes, one_model
 from dogbreed.artifact import write_artifact
 from dogbreed.model import build_model
 from dogbreed.sample_data import draw_image
@@ -63,18 +63,10 @@ def _backend_batches(server: RunningServer) -> list[int]:
                                               server.log.read_text())]
 
 
-def _one(described):
-    """MMS describes a model as an object or as a list of one, depending on the call."""
-    if isinstance(described, list):
-        [described] = described
-    return described
-
-
 def test_the_model_is_registered_with_the_batch_settings(batching):
     """MMS itself reports the batch size and delay it applies to the model (its management
     API, on the loopback port the serve log names)."""
-    port = re.search(r"MMS on 127\.0\.0\.1:(\d+)", batching.log.read_text()).group(1)
-    described = _one(requests.get(f"http://127.0.0.1:{port}/models/model", timeout=10).json())
+    described = batching.registered_model()
     assert described["batchSize"] == BATCH_SIZE
     assert described["maxBatchDelay"] == DELAY_MS
     assert len(described["workers"]) == 1
@@ -249,7 +241,7 @@ def test_the_batch_settings_reach_a_multi_model_endpoint(trained_model, tmp_path
         loaded = requests.post(f"{server.url}/models", timeout=120, data=json.dumps(
             {"model_name": "breeds", "url": str(store / "breeds")}))
         assert loaded.status_code == 200, loaded.text
-        described = _one(requests.get(f"{server.url}/models/breeds", timeout=10).json())
+        described = one_model(requests.get(f"{server.url}/models/breeds", timeout=10).json())
         assert (described["batchSize"], described["maxBatchDelay"]) == (3, 20)
     finally:
         assert server.stop() == 0
