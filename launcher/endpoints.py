@@ -120,7 +120,7 @@ def wait_until_ready(process: subprocess.Popen, url: str, log: Path,
     raise LauncherError(f"the endpoint was not ready after {timeout:.0f} s (see {log})")
 
 
-ENDPOINT_COMMANDS = ("dogbreed.serve", "launcher.local_endpoint")
+ENDPOINT_COMMANDS = ("dogbreed.serve", "launcher.local_endpoint", "launcher.local_transform")
 
 
 def stop_process(pid: int, timeout: float = 120) -> bool:

@@ -76,13 +76,14 @@ def local_files(root: Path, prefix: str) -> dict[str, Path]:
             for path in sorted((root / split).rglob("*")) if path.is_file()}
 
 
-def remote_objects(s3, bucket: str, prefix: str) -> dict[str, tuple[int, str]]:
-    """Key -> (size, ETag without quotes) of the objects under the split prefixes (what
-    the channels would read)."""
+def remote_objects(s3, bucket: str, prefix: str,
+                   folders: tuple[str, ...] = SPLITS) -> dict[str, tuple[int, str]]:
+    """Key -> (size, ETag without quotes) of the objects under the prefix's `folders` (by
+    default the splits: what the channels would read; ("",): all of the prefix)."""
     found = {}
-    for split in SPLITS:
-        pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket,
-                                                             Prefix=f"{prefix}{split}/")
+    for folder in folders:
+        pages = s3.get_paginator("list_objects_v2").paginate(
+            Bucket=bucket, Prefix=f"{prefix}{folder}/" if folder else prefix)
         for page in pages:
             found.update({item["Key"]: (item["Size"], item["ETag"].strip('"'))
                           for item in page.get("Contents", [])})
@@ -101,6 +102,26 @@ def sync(root: Path, s3_uri: str, s3, delete: bool = False, workers: int = WORKE
     bucket, prefix = split_uri(s3_uri)
     files = local_files(root, prefix)
     present = remote_objects(s3, bucket, prefix)
+    result = send_missing(files, present, bucket, s3, f"syncing to {s3_uri}", workers, on_file)
+    result.extra = sorted(set(present) - set(files))
+    if result.extra and delete:
+        delete_objects(s3, bucket, result.extra)
+        result.deleted = True
+    elif result.extra:
+        shown = "\n".join(f"  s3://{bucket}/{key}" for key in result.extra[:SHOWN])
+        more = len(result.extra) - SHOWN
+        print(f"WARNING: {len(result.extra)} object(s) under {s3_uri} have no local file, and "
+              f"the training channels will still read them:\n{shown}" +
+              (f"\n  ... and {more} more" if more > 0 else "") +
+              "\npass --delete to remove them")
+    return result
+
+
+def send_missing(files: dict[str, Path], present: dict[str, tuple[int, str]], bucket: str,
+                 s3, description: str, workers: int = WORKERS,
+                 on_file: Callable[[str, int], None] | None = None) -> SyncResult:
+    """Send each file (key -> path) whose object in `present` (from `remote_objects`) is
+    missing or holds other bytes; see `sync` for on_file."""
     result = SyncResult()
 
     def settle(key: str) -> tuple[str, bool, int]:
@@ -121,7 +142,7 @@ def sync(root: Path, s3_uri: str, s3, delete: bool = False, workers: int = WORKE
         return key, True, len(body)
 
     total = sum(path.stat().st_size for path in files.values())
-    with tqdm(total=total, unit="B", unit_scale=True, desc=f"syncing to {s3_uri}") as bar:
+    with tqdm(total=total, unit="B", unit_scale=True, desc=description) as bar:
         pool = ThreadPoolExecutor(max_workers=workers)
         pending = {pool.submit(settle, key) for key in files}
         try:
@@ -152,18 +173,6 @@ def sync(root: Path, s3_uri: str, s3, delete: bool = False, workers: int = WORKE
                                 f"({error}); run the same command again to send the rest; "
                                 "objects already there are complete") from error
         pool.shutdown()
-
-    result.extra = sorted(set(present) - set(files))
-    if result.extra and delete:
-        delete_objects(s3, bucket, result.extra)
-        result.deleted = True
-    elif result.extra:
-        shown = "\n".join(f"  s3://{bucket}/{key}" for key in result.extra[:SHOWN])
-        more = len(result.extra) - SHOWN
-        print(f"WARNING: {len(result.extra)} object(s) under {s3_uri} have no local file, and "
-              f"the training channels will still read them:\n{shown}" +
-              (f"\n  ... and {more} more" if more > 0 else "") +
-              "\npass --delete to remove them")
     return result
 
 

@@ -324,29 +324,39 @@ def serving_environment(config: Config) -> dict[str, str]:
     return env
 
 
+def serving_model(config: Config, session, model_data: str, name: str, local: bool,
+                  env: Mapping[str, str] | None = None):
+    """Our serving image with the model, as an SDK Model (created in SageMaker when it is
+    deployed or transforms); in local mode its containers carry ENDPOINT_VARIABLE=name, by
+    which they are found and removed."""
+    from sagemaker.model import Model
+    from sagemaker.predictor import Predictor
+    env = {**serving_environment(config), **(env or {})}
+    options: dict[str, Any] = {}
+    if local:
+        env[ENDPOINT_VARIABLE] = name
+    else:
+        # The security options: SageMaker only, as for training (see locked_down_training).
+        options = {"enable_network_isolation": config.serving.network_isolation,
+                   "vpc_config": config.serving.vpc_config}
+    return Model(image_uri=image_uri(config, "serve", local, session), model_data=model_data,
+                 role=config.aws.role_arn or "arn:aws:iam::123456789012:role/LocalMode",
+                 sagemaker_session=session, predictor_cls=Predictor, name=name, env=env,
+                 **options)
+
+
 def deploy_endpoint(config: Config, session, model_data: str, name: str,
                     wait: bool = True, local: bool = False):
     """Model + endpoint config + endpoint on our serving image (`local`: SageMaker local
     mode); returns the SDK Predictor."""
-    from sagemaker.model import Model
-    from sagemaker.predictor import Predictor
-    env = serving_environment(config)
     serving = config.serving
-    model_options: dict[str, Any] = {}
     if local:
-        env[ENDPOINT_VARIABLE] = name
         options: dict[str, Any] = {"instance_type": "local"}
     else:
-        # The security options: SageMaker only, as for training (see locked_down_training).
-        model_options = {"enable_network_isolation": serving.network_isolation,
-                         "vpc_config": serving.vpc_config}
         options = {"instance_type": serving.instance_type, "kms_key": serving.volume_kms_key}
         if serving.ami_version:  # a driver that runs the image's CUDA
             options["inference_ami_version"] = serving.ami_version
-    model = Model(image_uri=image_uri(config, "serve", local, session), model_data=model_data,
-                  role=config.aws.role_arn or "arn:aws:iam::123456789012:role/LocalMode",
-                  sagemaker_session=session, predictor_cls=Predictor, name=name, env=env,
-                  **model_options)
+    model = serving_model(config, session, model_data, name, local)
     return model.deploy(initial_instance_count=serving.instance_count,
                         endpoint_name=name, wait=wait, **options)
 
@@ -392,3 +402,63 @@ def delete_endpoint(config: Config, name: str, model_name: str | None) -> list[s
                     str(error).lower():
                 raise LauncherError(f"cannot delete {kind} {value}: {error}") from None
     return deleted
+
+
+# ---- batch transform --------------------------------------------------------------------
+
+# Every image format the serving image reads, sniffed from the bytes: a transform job has
+# one ContentType for all its files, and a folder may mix JPEG, PNG, WebP and HEIC.
+TRANSFORM_CONTENT_TYPE = "application/x-image"
+TRANSFORM_MAX_PAYLOAD_MB = 6  # what the launcher sends at most (predict.MAX_BYTES)
+
+
+def transform_locally(config: Config, scratch: Path, name: str, model_tarball: Path,
+                      input_dir: Path, output_dir: Path, top_k: int) -> None:
+    """A local-mode transform job over the files of `input_dir` (one level: local mode
+    reads no sub-folders), its `.out` files in `output_dir`. Local mode sends one request
+    at a time and waits for the end; its container is left for the caller to remove."""
+    from launcher.endpoints import free_port
+    session = local_session(scratch, serving_port=free_port())
+    model = serving_model(config, session, f"file://{model_tarball.resolve()}", name,
+                          local=True, env={"DOGBREED_TOP_K": str(top_k)})
+    transformer = model.transformer(instance_count=1, instance_type="local",
+                                    strategy="SingleRecord", accept="application/json",
+                                    output_path=f"file://{output_dir.resolve()}",
+                                    max_payload=TRANSFORM_MAX_PAYLOAD_MB)
+    transformer.transform(f"file://{input_dir.resolve()}", content_type=TRANSFORM_CONTENT_TYPE,
+                          split_type="None", job_name=name, wait=True, logs=False)
+
+
+def start_transform_job(config: Config, session, model_data: str, name: str,
+                        manifest_uri: str, output_uri: str, top_k: int,
+                        concurrency: int | None) -> None:
+    """Model + transform job over the files a manifest lists, one image per request
+    (SplitType None, SingleRecord), answers under `output_uri`. Without `concurrency` the
+    job asks the container's /execution-parameters."""
+    serving = config.serving
+    model = serving_model(config, session, model_data, name, local=False,
+                          env={"DOGBREED_TOP_K": str(top_k)})
+    transformer = model.transformer(
+        instance_count=serving.instance_count, instance_type=serving.instance_type,
+        strategy="SingleRecord", accept="application/json", output_path=output_uri,
+        max_concurrent_transforms=concurrency, max_payload=TRANSFORM_MAX_PAYLOAD_MB,
+        volume_kms_key=serving.volume_kms_key)
+    transformer.transform(manifest_uri, data_type="ManifestFile",
+                          content_type=TRANSFORM_CONTENT_TYPE, split_type="None",
+                          job_name=name, wait=False, logs=False)
+
+
+def wait_for_transform(session, name: str) -> dict:
+    return wait_until_done(
+        lambda: session.sagemaker_client.describe_transform_job(TransformJobName=name),
+        "TransformJobStatus", lambda d: f"transform job {name}: {d['TransformJobStatus']}",
+        ("Completed", "Failed", "Stopped"))
+
+
+def delete_model(session, name: str) -> None:
+    """The transform's model, once its job has ended (missing is fine)."""
+    import botocore.exceptions
+    try:
+        session.sagemaker_client.delete_model(ModelName=name)
+    except botocore.exceptions.ClientError as error:
+        print(f"warning: could not delete model {name}: {short_error(error)}", file=sys.stderr)

@@ -136,13 +136,11 @@ def run_transform(plan: Plan, invoke: Invoke, top_k: int, concurrency: int) -> T
 
     def score(file: str) -> None:
         status, body = invoke((plan.input_dir / file).read_bytes(), plan.pending[file], top_k)
-        answered = status == 200 and read_answer_bytes(body) is not None
-        if answered:
-            _write_whole(answer_path(plan.output_dir, file), body)
+        refused = keep_answer(plan, file, body, status)
         with lock:
             result.sent += 1
-            if not answered:
-                result.failed[file] = f"{status}: {_reason(body)}"
+            if refused:
+                result.failed[file] = refused
 
     interrupted = False
     with tqdm(total=len(plan.pending), unit="image", desc="scoring",
@@ -170,6 +168,47 @@ def run_transform(plan: Plan, invoke: Invoke, top_k: int, concurrency: int) -> T
         raise LauncherError(f"interrupted: {finished} of {len(plan.files)} files have their "
                             f"answer in {plan.output_dir}; run the same command again to score "
                             "the rest")
+    return result
+
+
+def keep_answer(plan: Plan, file: str, body: bytes, status: int | None = None) -> str | None:
+    """Write an answer with predictions whole as the file's `.out`; anything else (an error,
+    a damaged body) is not kept: the reason, for the CSV. `status`: the HTTP status where
+    there was one (a transform job's output has none)."""
+    if (status in (None, 200)) and read_answer_bytes(body) is not None:
+        _write_whole(answer_path(plan.output_dir, file), body)
+        return None
+    return f"{status}: {_reason(body)}" if status is not None else _reason(body)
+
+
+def stage_pending(plan: Plan, folder: Path) -> dict[str, str]:
+    """The pending files as links in one flat folder, for a transform job over exactly
+    them (local mode reads no sub-folders): staged name -> file. The names stay unique
+    and show the original's."""
+    folder.mkdir(parents=True, exist_ok=True)
+    staged = {}
+    for index, file in enumerate(plan.pending):
+        name = f"{index:06d}-{Path(file).name}"
+        (folder / name).symlink_to((plan.input_dir / file).resolve())
+        staged[name] = file
+    return staged
+
+
+def finish_job_answers(plan: Plan, answers: dict[str, bytes], missing: str,
+                       top_k: int) -> TransformResult:
+    """What a transform job left, kept like a client's answers: every pending file with
+    its answer (or refusal) from `answers` (file -> `.out` bytes), the others failed with
+    `missing`; then the CSV over all files."""
+    result = TransformResult(plan, failed=dict(plan.failed))
+    for file in plan.pending:
+        if file not in answers:
+            result.failed[file] = missing
+            continue
+        result.sent += 1
+        refused = keep_answer(plan, file, answers[file])
+        if refused:
+            result.failed[file] = refused
+    result.csv = write_csv(plan.output_dir, plan.files, top_k, result.failed)
     return result
 
 

@@ -68,12 +68,10 @@ class Backend:
 
     def transform(self, args, config: Config, workdir: Path, artifact: str,
                   plan: TransformPlan, top_k: int) -> TransformResult:
-        """Score the plan's files with the model `artifact` in a transform of this backend's
-        own; the answers land in `plan.output_dir`."""
-        from launcher.errors import LauncherError
-        raise LauncherError(f"transform on the {self.name} backend runs a Batch Transform "
-                            "job, which is not built yet; score through a deployed endpoint "
-                            "with --endpoint NAME, or use --backend process")
+        """Score the plan's pending files with the model `artifact` in a transform of this
+        backend's own (a server, a local-mode or a SageMaker transform job); the answers
+        land in `plan.output_dir` (`transform.keep_answer`), with the CSV."""
+        raise NotImplementedError
 
     def remove_endpoint(self, config: Config, name: str, record: dict[str, Any]) -> str:
         """Stop and delete the endpoint; what was done, for the user."""

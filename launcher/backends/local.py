@@ -12,15 +12,14 @@ import tarfile
 from pathlib import Path
 
 from launcher import endpoints, jobs
-from launcher.backends.base import Backend, effective_config_file
+from launcher.backends.base import effective_config_file
 from launcher.backends.process import ProcessBackend
 from launcher.config import Config
+from launcher.errors import LauncherError
 
 
 class LocalBackend(ProcessBackend):
     name = "local"
-    # The SDK's Transformer in local mode on the serving image, not the process's server.
-    transform = Backend.transform
 
     def check_ready(self, config: Config, kind: str) -> None:
         from launcher.sagemaker_sdk import check_docker
@@ -59,6 +58,92 @@ class LocalBackend(ProcessBackend):
 
     def ready_file(self, endpoint_dir: Path) -> Path | None:
         return endpoint_dir / endpoints.READY_FILE
+
+
+    def transform(self, args, config: Config, workdir: Path, artifact: str, plan, top_k: int):
+        """The SDK's Transformer in local mode on the serving image
+        (`launcher.local_transform`, a child process logging to the scratch folder), over
+        links to the plan's pending files in one flat folder (local mode reads no
+        sub-folders, and the finished files stay out). Its `.out` files are collected even
+        when it stops early: local mode writes each as it goes, and moves them to the
+        output only at the end."""
+        import secrets
+        import shutil
+        import subprocess
+        import tempfile
+        import time
+
+        from launcher import transform as batch
+        self.check_ready(config, "serve")
+        if args.concurrency and args.concurrency > 1:
+            print("note: local mode sends one request at a time (--concurrency is for the "
+                  "process and sagemaker backends)")
+        (workdir / "transforms").mkdir(parents=True, exist_ok=True)
+        folder = Path(tempfile.mkdtemp(prefix=f"{plan.output_dir.name}-",
+                                       dir=workdir / "transforms"))
+        staged = batch.stage_pending(plan, folder / "input")
+        tarball = endpoints.model_tarball_of(Path(artifact), folder / "model.tar.gz")
+        name = f"dogbreed-transform-{time.strftime('%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+        log = folder / "transform.log"
+        print(f"local-mode transform job {name}: {len(staged)} file(s), one at a time (log: "
+              f"{log})", flush=True)
+        failure, interrupted = None, False
+        with open(log, "w") as output, _OutCounter(folder, len(staged)):
+            process = subprocess.Popen(
+                [sys.executable, "-m", "launcher.local_transform",
+                 str(effective_config_file(config, workdir)), name, str(tarball),
+                 str(folder / "input"), str(folder / "output"), str(folder), str(top_k)],
+                stdout=output, stderr=subprocess.STDOUT, start_new_session=True,
+                env=dict(os.environ, PYTHONUNBUFFERED="1"))
+            try:
+                code = process.wait()
+            except KeyboardInterrupt:
+                interrupted = True
+                endpoints.stop_process_surely(process.pid)  # it removes its container
+                code = None
+        if code:
+            tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
+            failure = f"the local-mode transform job exited with {code}; the end of {log}:\n{tail}"
+        answers = {staged[path.name[:-len(batch.OUT_SUFFIX)]]: path.read_bytes()
+                   for path in folder.rglob("*" + batch.OUT_SUFFIX)
+                   if path.name[:-len(batch.OUT_SUFFIX)] in staged and path.is_file()}
+        result = batch.finish_job_answers(plan, answers, "not scored" if interrupted else
+                                          f"no answer from transform job {name}", top_k)
+        if interrupted or failure:
+            raise LauncherError(f"{'interrupted' if interrupted else failure}\n{len(answers)} "
+                                f"answer(s) kept in {plan.output_dir}: run the same command "
+                                "again to score the rest")
+        shutil.rmtree(folder, ignore_errors=True)
+        return result
+
+
+class _OutCounter:
+    """A progress bar over the `.out` files a local-mode job writes under `folder` (it
+    reports nothing itself): counted once a second."""
+
+    def __init__(self, folder: Path, total: int):
+        import threading
+        self.folder, self.total = folder, total
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        from tqdm import tqdm
+        with tqdm(total=self.total, unit="image", desc="scoring") as bar:
+            while True:
+                stopping = self.stop.wait(1)
+                found = sum(1 for path in self.folder.rglob("*.out") if path.stat().st_size)
+                bar.update(min(found, self.total) - bar.n)
+                if stopping:
+                    return
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join()
 
 
 def _member(archive: Path, name: str) -> str | None:

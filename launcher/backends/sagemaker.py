@@ -90,6 +90,57 @@ class SageMakerBackend(Backend):
             return sagemaker_sdk.invoke_endpoint(config, name, body, content_type, top_k)
         return invoke
 
+    def transform(self, args, config: Config, workdir: Path, artifact: str, plan, top_k: int):
+        """A Batch Transform job over the plan's files in S3 (`launcher.s3_transform`):
+        answers earlier jobs left are fetched, the rest uploaded once and listed in the
+        job's manifest; the answers come back into the output folder. A job an earlier run
+        stopped waiting for is waited for again, not started twice."""
+        from launcher import s3_sync, s3_transform, sagemaker_sdk
+        from launcher.transform import finish_job_answers
+        if not artifact.startswith("s3://"):
+            raise LauncherError(f"a transform job on the sagemaker backend reads a model.tar.gz "
+                                f"in S3, not {artifact}: pass --model s3://...")
+        session = sagemaker_sdk.sagemaker_session(config, workdir)
+        s3 = s3_sync.client(session.boto_session)
+        base = s3_transform.base_uri(config.s3_prefix(), plan)
+        name = s3_transform.recorded_job(plan.output_dir)
+        described = None
+        if name:
+            described = session.sagemaker_client.describe_transform_job(TransformJobName=name)
+        if described and described["TransformJobStatus"] in ("InProgress", "Stopping"):
+            print(f"transform job {name} (started by an earlier run) is still running: "
+                  "waiting for it")
+            to_score = list(plan.pending)
+            fetched: dict[str, bytes] = {}
+        else:
+            name = f"dogbreed-transform-{time.strftime('%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+            prepared = s3_transform.prepare(plan, base, s3, name)
+            to_score, fetched = prepared.to_score, prepared.fetched
+            if fetched:
+                print(f"{len(fetched)} answer(s) fetched from an earlier job in "
+                      f"{prepared.output}")
+            if not to_score:
+                return finish_job_answers(plan, fetched, "not scored", top_k)
+            sagemaker_sdk.start_transform_job(config, session, artifact, name,
+                                              prepared.manifest, prepared.output, top_k,
+                                              args.concurrency)
+            s3_transform.record_job(plan.output_dir, name)
+            print(f"started transform job {name}: {len(to_score)} image(s) on "
+                  f"{config.serving.instance_count} x {config.serving.instance_type}")
+        try:
+            described = sagemaker_sdk.wait_for_transform(session, name)
+        except KeyboardInterrupt:
+            raise LauncherError(f"stopped waiting; transform job {name} goes on in SageMaker: "
+                                "run the same command again to wait for it and fetch its "
+                                "answers") from None
+        answers = {**fetched, **s3_transform.fetch_answers(plan, base, s3, to_score)}
+        sagemaker_sdk.delete_model(session, name)
+        s3_transform.record_job(plan.output_dir, None)
+        status = described["TransformJobStatus"]
+        missing = (f"transform job {name} {status.lower()} without an answer for it"
+                   f"{': ' + described['FailureReason'] if described.get('FailureReason') else ''}")
+        return finish_job_answers(plan, answers, missing, top_k)
+
     def remove_endpoint(self, config: Config, name: str, record: dict[str, Any]) -> str:
         from launcher import sagemaker_sdk
         deleted = sagemaker_sdk.delete_endpoint(config, name, record.get("model_name"))

@@ -5,8 +5,10 @@ status, best tuning job, endpoint answers) are never what a test asserts on."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -518,3 +520,123 @@ def test_instance_role_credentials_keep_working_after_the_first_sagemaker_sessio
     found = json.loads(result.stdout.strip().splitlines()[-1])
     assert found == {"same_environment": True, "access_key": FakeInstanceMetadata.ACCESS_KEY}
     assert metadata.credential_requests >= 2  # both sessions asked the instance role
+
+
+# ---- transform: a Batch Transform job over a local folder --------------------------------
+
+TRANSFORM_MODEL = "s3://dogbreed-tests/proj/jobs/dogbreed-train-1/output/model.tar.gz"
+
+
+def sent_where(moto: Moto, operation: str, key: str, value: str) -> list[dict]:
+    return [entry["json"] for entry in moto.requests(operation)
+            if entry["json"].get(key) == value]
+
+
+def s3_text(moto: Moto, uri: str) -> str:
+    bucket, _, key = uri.removeprefix("s3://").partition("/")
+    return boto(moto, "s3").get_object(Bucket=bucket, Key=key)["Body"].read().decode()
+
+
+def put_answer(moto: Moto, key: str, label: str) -> None:
+    """What a transform job writes for one image."""
+    boto(moto, "s3").put_object(Bucket="dogbreed-tests", Key=key, Body=json.dumps(
+        {"predictions": [[{"label": label, "probability": 0.9}]]}).encode())
+
+
+def test_transform_sends_the_job_and_a_second_run_sends_only_the_rest(moto, uploaded,
+                                                                     project):
+    """moto runs no job (it 'completes' with no output): the request is read back field by
+    field, and the answers a job would have left in S3 are put there by the test."""
+    photos = project / "photos"
+    (photos / "sub").mkdir(parents=True)
+    samples = sorted((project / "data").rglob("*.jpg"))
+    shutil.copy(samples[0], photos / "a.jpg")
+    shutil.copy(samples[1], photos / "sub" / "b.jpg")
+    shutil.copy(samples[2], photos / "sub" / "c.jpg")
+    (photos / "notes.txt").write_text("not an image")
+    common = ["transform", "photos", "--backend", "sagemaker", "--model", TRANSFORM_MODEL,
+              "--output", "answers", "--top-k", "3"]
+    first = launcher(moto, project, *common, "--concurrency", "8")
+    assert first.returncode == 1, first.stderr  # moto's job wrote no answer
+    [job] = moto.requests("CreateTransformJob")
+    job = job["json"]
+    name = job["TransformJobName"]
+    assert name.startswith("dogbreed-transform-") and job["ModelName"] == name
+    [model] = sent_where(moto, "CreateModel", "ModelName", name)
+    assert model["PrimaryContainer"]["Image"] == SERVE_IMAGE
+    assert model["PrimaryContainer"]["ModelDataUrl"] == TRANSFORM_MODEL
+    # A transform's requests carry no custom attributes: the top-k travels in the model.
+    assert model["PrimaryContainer"]["Environment"] == {
+        "SAGEMAKER_MODEL_SERVER_WORKERS": "2", "DOGBREED_TOP_K": "3"}
+    source = job["TransformInput"]["DataSource"]["S3DataSource"]
+    assert source["S3DataType"] == "ManifestFile"
+    base = source["S3Uri"].split("manifests/")[0]
+    assert base.startswith("s3://dogbreed-tests/proj/transforms/photos-")
+    assert source["S3Uri"] == f"{base}manifests/{name}.json"
+    assert job["TransformInput"]["ContentType"] == "application/x-image"
+    assert job["TransformInput"]["SplitType"] == "None"
+    assert job["TransformOutput"] == {"S3OutputPath": f"{base}output/",
+                                      "Accept": "application/json"}
+    assert job["TransformResources"] == {"InstanceType": "ml.m5.2xlarge", "InstanceCount": 2}
+    assert job["BatchStrategy"] == "SingleRecord"
+    assert job["MaxPayloadInMB"] == 6
+    assert job["MaxConcurrentTransforms"] == 8
+    # The manifest lists the images (not the text file), uploaded under input/.
+    assert json.loads(s3_text(moto, source["S3Uri"])) == [
+        {"prefix": f"{base}input/"}, "a.jpg", "sub/b.jpg", "sub/c.jpg"]
+    bucket_key = f"{base}input/sub/b.jpg".removeprefix("s3://dogbreed-tests/")
+    assert boto(moto, "s3").get_object(Bucket="dogbreed-tests", Key=bucket_key)[
+        "Body"].read() == (photos / "sub" / "b.jpg").read_bytes()
+    rows = {row["file"]: row for row in csv.DictReader(open(project / "answers" /
+                                                            "predictions.csv"))}
+    assert rows["notes.txt"]["status"] == "failed"
+    assert "not a JPEG, PNG, WebP or HEIC image" in rows["notes.txt"]["error"]
+    assert rows["a.jpg"]["error"] == f"transform job {name} completed without an answer for it"
+    assert sent_where(moto, "DeleteModel", "ModelName", name) == [{"ModelName": name}]
+
+    # The job answered a.jpg (and sent a damaged answer for sub/b.jpg) before it stopped.
+    output = base.removeprefix("s3://dogbreed-tests/") + "output/"
+    put_answer(moto, output + "a.jpg.out", "Akita")
+    boto(moto, "s3").put_object(Bucket="dogbreed-tests", Key=output + "sub/b.jpg.out",
+                                Body=b'{"predictions": [[{"lab')
+    puts = [e for e in moto.requests() if e["method"] == "PUT"]
+    second = launcher(moto, project, *common)
+    assert second.returncode == 1, second.stderr
+    assert "1 answer(s) fetched from an earlier job" in second.stdout
+    jobs = [e["json"] for e in moto.requests("CreateTransformJob")]
+    assert len(jobs) == 2 and "MaxConcurrentTransforms" not in jobs[1]  # the server says
+    manifest = jobs[1]["TransformInput"]["DataSource"]["S3DataSource"]["S3Uri"]
+    assert json.loads(s3_text(moto, manifest)) == [{"prefix": f"{base}input/"}, "sub/b.jpg",
+                                                   "sub/c.jpg"]
+    # No image was sent again: the only new object is the manifest.
+    new_puts = [e for e in moto.requests() if e["method"] == "PUT"][len(puts):]
+    assert [e["url"].split("?")[0].rsplit("/", 1)[-1] for e in new_puts] == [
+        manifest.rsplit("/", 1)[-1]]
+    assert json.loads((project / "answers" / "a.jpg.out").read_text())["predictions"][0][0][
+        "label"] == "Akita"
+    assert not (project / "answers" / "sub" / "b.jpg.out").exists()
+
+    # Every image answered in S3: nothing is started, the answers come home.
+    put_answer(moto, output + "sub/b.jpg.out", "Beagle")
+    put_answer(moto, output + "sub/c.jpg.out", "Collie")
+    third = launcher(moto, project, *common)
+    assert len(moto.requests("CreateTransformJob")) == 2
+    rows = {row["file"]: row for row in csv.DictReader(open(project / "answers" /
+                                                            "predictions.csv"))}
+    assert {file: row["label_1"] for file, row in rows.items() if row["status"] == "ok"} == {
+        "a.jpg": "Akita", "sub/b.jpg": "Beagle", "sub/c.jpg": "Collie"}
+    assert third.returncode == 1  # notes.txt is still not an image
+    assert "4 file(s): 2 scored now, 1 already done, 1 failed" in third.stdout
+
+
+def test_transform_refuses_a_model_that_is_not_in_s3(moto, uploaded, project, tmp_path):
+    photo = sorted((project / "data" / "test").rglob("*.jpg"))[0]
+    (tmp_path / "in").mkdir()
+    shutil.copy(photo, tmp_path / "in" / "x.jpg")
+    before = len(moto.requests())
+    result = launcher(moto, project, "transform", str(tmp_path / "in"), "--backend",
+                      "sagemaker", "--model", str(tmp_path / "model.tar.gz"), "--output",
+                      str(tmp_path / "out"))
+    assert result.returncode == 1
+    assert "reads a model.tar.gz in S3, not" in result.stderr
+    assert len(moto.requests()) == before

@@ -108,8 +108,9 @@ def test_an_interrupted_run_is_completed_by_the_next_without_redoing_anything(
      "output taken is a file"),
     (lambda root: None, ("missing",), "input missing is not a folder of images"),
     (lambda root: None, ("input", "--endpoint", "nowhere"), "no endpoint nowhere deployed"),
-    (lambda root: None, ("input", "--backend", "local", "--model", "m"),
-     "transform on the local backend runs a Batch Transform job"),
+    (lambda root: None, ("input", "--backend", "sagemaker", "--model", "m", "--output",
+                         "sagemaker-out"),
+     "a transform job on the sagemaker backend reads a model.tar.gz in S3, not m"),
 ])
 def test_bad_input_is_refused_before_anything_starts(project, prepare, args, message):
     prepare(project)

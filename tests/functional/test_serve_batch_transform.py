@@ -11,9 +11,11 @@ from conftest import RunningServer
 def test_a_transform_job_asks_for_the_execution_parameters(trained_model, sample_data,
                                                            tmp_path):
     """A job that set none gets what suits the server: as many requests in flight as its
-    workers batch together (2 workers x batches of 4), one file per request."""
+    workers batch together (2 workers x batches of 4), one file per request. Its requests
+    carry no custom attributes: DOGBREED_TOP_K in the model's environment sets the top-k."""
     (tmp_path / "model").symlink_to(trained_model)
-    server = RunningServer(tmp_path, SAGEMAKER_BATCH="true", DOGBREED_BATCH_SIZE="4").start()
+    server = RunningServer(tmp_path, SAGEMAKER_BATCH="true", DOGBREED_BATCH_SIZE="4",
+                           DOGBREED_TOP_K="2").start()
     try:
         answer = requests.get(f"{server.url}/execution-parameters", timeout=10)
         assert answer.status_code == 200
@@ -21,8 +23,14 @@ def test_a_transform_job_asks_for_the_execution_parameters(trained_model, sample
                                  "MaxPayloadInMB": 6}
         assert server.registered_model()["batchSize"] == 4
         photo = sorted((sample_data / "test").rglob("*.jpg"))[0]
-        assert requests.post(f"{server.url}/invocations", data=photo.read_bytes(), timeout=30,
-                             headers={"Content-Type": "image/jpeg"}).status_code == 200
+        answer = requests.post(f"{server.url}/invocations", data=photo.read_bytes(),
+                               timeout=30, headers={"Content-Type": "application/x-image"})
+        assert answer.status_code == 200
+        assert len(answer.json()["predictions"][0]) == 2
+        asked = requests.post(f"{server.url}/invocations", data=photo.read_bytes(), timeout=30,
+                              headers={"Content-Type": "image/jpeg",
+                                       "X-Amzn-SageMaker-Custom-Attributes": "top_k=3"})
+        assert len(asked.json()["predictions"][0]) == 3  # a request's own still wins
     finally:
         assert server.stop() == 0
 

@@ -207,6 +207,8 @@ def test_sixty_four_clients_connecting_at_once_are_all_answered(batching, sample
                                             " from 0 to 10000"),
     ("DOGBREED_MAX_BATCH_DELAY_MS", "-5", "DOGBREED_MAX_BATCH_DELAY_MS='-5'"),
     ("DOGBREED_PRECISION", "fp16", "DOGBREED_PRECISION='fp16': use auto, fp32, bf16"),
+    ("DOGBREED_TOP_K", "0", "DOGBREED_TOP_K='0': a whole number from 1 to 1000 (breeds per "
+                            "answer when a request asks for none)"),
     ("SAGEMAKER_BATCH", "yes", "SAGEMAKER_BATCH='yes': true or false"),
     ("SAGEMAKER_BATCH_STRATEGY", "LINE", "SAGEMAKER_BATCH_STRATEGY='LINE': SINGLE_RECORD or "
                                          "MULTI_RECORD"),

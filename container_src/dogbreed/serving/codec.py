@@ -43,6 +43,9 @@ DEFAULT_MAX_REQUEST_PIXELS = 100_000_000
 DEFAULT_MAX_PAYLOAD_MB = 6  # SageMaker's own limit for real-time endpoints
 MAX_PAYLOAD_MB = 100  # the largest MaxPayloadInMB a batch transform job takes
 MAX_TOP_K = 1000
+# Breeds per answer when a request names none: a transform job's requests carry no custom
+# attributes, so its top-k can only come from the container's environment.
+TOP_K_ENV = "DOGBREED_TOP_K"
 _TOP_K = re.compile(r"(?:^|[,;\s])top_k=([^,;\s]*)")
 
 
@@ -98,6 +101,12 @@ def check_accept(accept: str | None) -> None:
     offered = [media_type(part) for part in accept.split(",")]
     if not any(kind in ACCEPTABLE for kind in offered):
         raise ClientError(406, f"cannot answer with {accept!r}: responses are application/json")
+
+
+def default_top_k_from_environment(fallback: int) -> int:
+    """DOGBREED_TOP_K, or `fallback` when it is unset (serve checks it at start)."""
+    value = os.environ.get(TOP_K_ENV, "").strip()
+    return int(value) if value else fallback
 
 
 def parse_top_k(custom_attributes: str | None, default: int) -> int:

@@ -25,7 +25,8 @@ from mms.protocol.otf_message_handler import encode_response_headers
 from sagemaker_inference.errors import BaseInferenceToolkitError, GenericInferenceToolkitError
 from sagemaker_inference.transformer import Transformer
 
-from dogbreed.serving.codec import (ClientError, Limits, check_accept, decode_images, encode_error,
+from dogbreed.serving.codec import (ClientError, Limits, check_accept, decode_images,
+                                    default_top_k_from_environment, encode_error,
                                     encode_predictions, parse_top_k)
 from dogbreed.serving.log_level import log_level_from_environment
 from dogbreed.serving.predictor import DEFAULT_TOP_K, BreedClassifier, ModelLoadError
@@ -78,7 +79,8 @@ def input_fn(input_data: bytes, content_type: str, context=None,
     headers = _request_headers(context, index)
     check_accept(headers.get("accept"))
     images = decode_images(input_data, content_type, Limits.from_environment(), decode_size)
-    return images, parse_top_k(headers.get(CUSTOM_ATTRIBUTES), DEFAULT_TOP_K)
+    return images, parse_top_k(headers.get(CUSTOM_ATTRIBUTES),
+                               default_top_k_from_environment(DEFAULT_TOP_K))
 
 
 def predict_fn(data: list, model: BreedClassifier) -> list:

@@ -22,7 +22,8 @@
 Settings (environment): SAGEMAKER_BIND_TO_PORT (8080), SAGEMAKER_MODEL_SERVER_WORKERS
 (one per GPU, else one per 4 CPUs, 1 to 4), DOGBREED_BATCH_SIZE (requests per forward
 pass: 32 on a GPU, 4 on CPUs; 1 turns batching off), DOGBREED_MAX_BATCH_DELAY_MS (5),
-DOGBREED_PRECISION (auto: bf16 on GPUs that support it; fp32, bf16), SAGEMAKER_BATCH
+DOGBREED_PRECISION (auto: bf16 on GPUs that support it; fp32, bf16), DOGBREED_TOP_K
+(breeds per answer when a request names none: 5; a transform job's way to ask), SAGEMAKER_BATCH
 (true in a transform job: `GET /execution-parameters` answers), SAGEMAKER_BATCH_STRATEGY,
 SAGEMAKER_MAX_CONCURRENT_TRANSFORMS (a transform job's; the default batch size stays
 within it),
@@ -61,7 +62,8 @@ from urllib.parse import parse_qs
 import psutil
 from PIL import Image
 
-from dogbreed.serving.codec import encode_error, max_payload_mb_from_environment
+from dogbreed.serving.codec import (MAX_TOP_K, TOP_K_ENV, encode_error,
+                                    max_payload_mb_from_environment)
 from dogbreed.serving.log_level import log_level_from_environment
 
 HANDLER_SERVICE = "dogbreed.serving.handler_service"
@@ -142,6 +144,8 @@ class ServeSettings:
                 "DOGBREED_MAX_BATCH_DELAY_MS", DEFAULT_MAX_BATCH_DELAY_MS, 0,
                 MAX_BATCH_DELAY_MS, "milliseconds a worker waits to fill a batch"),
         }
+        _whole_number(TOP_K_ENV, 0, 1, MAX_TOP_K, "breeds per answer when a request asks "
+                      "for none")  # read by the workers; a bad one stops serve here
         precision = os.environ.get("DOGBREED_PRECISION") or "auto"
         if precision not in PRECISIONS:
             raise ServeError(f"bad serving setting: DOGBREED_PRECISION={precision!r}: use "
