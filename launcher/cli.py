@@ -133,8 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     transform = command("transform", "Score every image of a folder, as SageMaker Batch "
                         "Transform does: INPUT/x.jpg -> OUTPUT/x.jpg.out (JSON), plus "
-                        "OUTPUT/predictions.csv. A second run sends only the files without an "
-                        "answer.")
+                        "OUTPUT/predictions.csv. process: the serving program on this "
+                        "machine; local: a local-mode transform job on the serving image; "
+                        "sagemaker: a transform job (images uploaded once to S3). A second "
+                        "run sends only the files without an answer.")
     transform.add_argument("input", metavar="INPUT", help="folder of images (sub-folders too)")
     transform.add_argument("--output", help="answers folder (default: WORKDIR/transform/NAME)")
     add_scoring_options(transform)

@@ -137,10 +137,8 @@ def test_transform_and_evaluate_run_the_sdks_transformer_on_the_serving_image(
     job_accuracy = json.loads((model_dir / "model.json").read_text())["metrics"][
         "test_accuracy"]
     assert metrics["images"] == len(files)
-    # Within one image: at 48 px the serving path's reduced-scale decode of these 200-420
-    # px JPEGs flipped one near-tie of this barely trained model (0.287 vs 0.292) when
-    # this test was written; evaluate's own check allows exactly that.
+    # The job's test and the serving image decode alike (reduced-scale JPEGs included):
+    # before they did, these 200-420 px JPEGs flipped one answer of this 48 px model.
     assert metrics["consistency"]["job_test_accuracy"] == pytest.approx(job_accuracy)
-    assert abs(metrics["top1_accuracy"] - job_accuracy) <= 1 / len(files) + 1e-9
-    assert metrics["consistency"]["consistent"] is True
+    assert metrics["top1_accuracy"] == pytest.approx(job_accuracy)
     assert containers(SERVE_IMAGE, every=True) == []

@@ -95,6 +95,8 @@ class SageMakerBackend(Backend):
         answers earlier jobs left are fetched, the rest uploaded once and listed in the
         job's manifest; the answers come back into the output folder. A job an earlier run
         stopped waiting for is waited for again, not started twice."""
+        import botocore.exceptions
+
         from launcher import s3_sync, s3_transform, sagemaker_sdk
         from launcher.transform import finish_job_answers
         if not artifact.startswith("s3://"):
@@ -106,7 +108,11 @@ class SageMakerBackend(Backend):
         name = s3_transform.recorded_job(plan.output_dir)
         described = None
         if name:
-            described = session.sagemaker_client.describe_transform_job(TransformJobName=name)
+            try:
+                described = session.sagemaker_client.describe_transform_job(
+                    TransformJobName=name)
+            except botocore.exceptions.ClientError:  # gone, or another account's
+                described = None
         if described and described["TransformJobStatus"] in ("InProgress", "Stopping"):
             print(f"transform job {name} (started by an earlier run) is still running: "
                   "waiting for it")
@@ -121,9 +127,13 @@ class SageMakerBackend(Backend):
                       f"{prepared.output}")
             if not to_score:
                 return finish_job_answers(plan, fetched, "not scored", top_k)
-            sagemaker_sdk.start_transform_job(config, session, artifact, name,
-                                              prepared.manifest, prepared.output, top_k,
-                                              args.concurrency)
+            try:
+                sagemaker_sdk.start_transform_job(config, session, artifact, name,
+                                                  prepared.manifest, prepared.output, top_k,
+                                                  args.concurrency)
+            except Exception:  # AWS refused the job: its model would be left behind
+                sagemaker_sdk.delete_model(session, name)
+                raise
             s3_transform.record_job(plan.output_dir, name)
             print(f"started transform job {name}: {len(to_score)} image(s) on "
                   f"{config.serving.instance_count} x {config.serving.instance_type}")

@@ -224,8 +224,8 @@ def _phone_photo(sample_data, width: int, height: int) -> Image.Image:
 
 
 # How far a probability may move when a JPEG decodes at 1/2-1/8 scale (DCT scaling) instead
-# of in full: the resize that follows still shrinks it >= 2x (`DECODE_MARGIN`), so both
-# reach the model's input through antialiased downscaling and differ by rounding-level
+# of in full: the resize that follows still shrinks it >= 2x (transforms.DECODE_MARGIN), so
+# both reach the model's input through antialiased downscaling and differ by rounding-level
 # pixel noise. Measured on the photos below with the test model: at most 0.0062.
 REDUCED_SCALE_TOLERANCE = 0.02
 # bf16 keeps 8 bits of mantissa: logits move by ~1e-2 relative. Measured on the photos

@@ -13,7 +13,7 @@ from conftest import FAST_HYPERPARAMETERS, channels_of, run_job
 from dogbreed.metrics import METRIC_DEFINITIONS, parse_metrics
 from dogbreed.model import build_model
 from dogbreed.training.data import ImageListDataset, scan_channel
-from dogbreed.transforms import eval_transform
+from dogbreed.transforms import eval_decode_size, eval_transform
 
 EPOCHS = 6
 # Measured on the 2-core CI machine: test accuracy 0.93 (seed 0; chance is 0.20 with 5
@@ -142,7 +142,8 @@ def test_artifact_alone_reproduces_the_reported_test_accuracy(finished_job, samp
     model.load_state_dict(load_file(base / "model" / "model.safetensors"))
     model.eval()
     test = scan_channel("test", sample_data / "test", description["class_folders"])
-    dataset = ImageListDataset(test.samples, eval_transform(description["preprocessing"]))
+    dataset = ImageListDataset(test.samples, eval_transform(description["preprocessing"]),
+                               eval_decode_size(description["preprocessing"]))
     images = torch.stack([dataset[i][0] for i in range(len(dataset))])
     labels = torch.tensor([label for _, label in test.samples])
     with torch.no_grad():

@@ -15,14 +15,14 @@ from PIL import Image
 from torchvision.transforms import RandomResizedCrop
 
 from dogbreed.hyperparameters import parse_hyperparameters
-from dogbreed.images import open_rgb
 from dogbreed.training import image_store
 from dogbreed.training.data import ChannelError, EpochSampler, scan_channel
 from dogbreed.training.device_batches import DeviceBatches, augment, random_crop_boxes
 from dogbreed.training.distributed import DistContext
 from dogbreed.training.image_store import StoreDoesNotFit, choose_location, prepare_stores
 from dogbreed.training.run import image_stores
-from dogbreed.transforms import TRAIN_CROP_SCALE, eval_preprocessing, eval_transform
+from dogbreed.transforms import (TRAIN_CROP_SCALE, eval_preprocessing, eval_transform,
+                                 open_for_eval)
 
 CPU = DistContext(0, 0, 1, torch.device("cpu"))
 
@@ -56,7 +56,7 @@ def test_eval_records_give_the_pil_eval_transform_s_values_exactly(varied_channe
                             EpochSampler(len(channel.samples), shuffle=False), 4,
                             preprocessing, torch.device("cpu"), train=False)
     cached = torch.cat([images for images, _ in batches])
-    reference = torch.stack([eval_transform(preprocessing)(open_rgb(path))
+    reference = torch.stack([eval_transform(preprocessing)(open_for_eval(path, preprocessing))
                              for path, _ in channel.samples])
     assert len(channel.samples) == 11 and cached.shape == reference.shape
     assert torch.equal(cached, reference)

@@ -22,12 +22,10 @@ from torchvision.models import resnet50
 
 from dogbreed.artifact import FORMAT_VERSION, MODEL_JSON
 from dogbreed.model import ARCHITECTURE
-from dogbreed.transforms import eval_crop, to_model_input
+from dogbreed.transforms import eval_crop, eval_decode_size, to_model_input
 
 DEFAULT_TOP_K = 5
 PRECISIONS = ("auto", "fp32", "bf16")
-# A JPEG decodes at 1/2 to 1/8 scale only while it stays this many times the eval resize.
-DECODE_MARGIN = 2
 
 
 class ModelLoadError(ValueError):
@@ -108,11 +106,9 @@ class BreedClassifier:
 
     @property
     def decode_size(self) -> tuple[int, int]:
-        """What a photo must still measure after a reduced-scale JPEG decode: twice the eval
-        resize, so the resize that follows still shrinks it at least 2x (its antialiasing
-        then hides the difference to a full decode; a test bounds it)."""
-        side = DECODE_MARGIN * self.preprocessing["resize"]
-        return side, side
+        """What a photo must still measure after a reduced-scale JPEG decode: the size the
+        job's validation and test decoded to (`transforms.eval_decode_size`)."""
+        return eval_decode_size(self.preprocessing)
 
     def warm_up(self, batch_size: int = 1) -> list[int]:
         """Run every batch shape a request may meet before the first request does: on a GPU

@@ -102,9 +102,11 @@ class ImageListDataset(Dataset):
     resumed mid-epoch augments its remaining images exactly as the uninterrupted job.
     """
 
-    def __init__(self, samples: list[tuple[str, int]], transform: Callable):
+    def __init__(self, samples: list[tuple[str, int]], transform: Callable,
+                 decode_size: tuple[int, int] | None = None):
         self.samples = samples
         self.transform = transform
+        self.decode_size = decode_size  # eval: `transforms.eval_decode_size`; train: None
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -112,7 +114,7 @@ class ImageListDataset(Dataset):
     def __getitem__(self, key: int | tuple[int, int]):
         index, seed = key if isinstance(key, tuple) else (key, None)
         path, label = self.samples[index]
-        image = open_rgb(path)
+        image = open_rgb(path, draft_size=self.decode_size)
         if seed is None:
             return self.transform(image), label
         with torch.random.fork_rng(devices=[]):  # the caller's RNG stream is left as it was

@@ -9,9 +9,10 @@ file of fixed-size uint8 records, and the loader (`device_batches`) only gathers
   the short side resized to it, the long side center-cropped (what lies beyond the
   central square is not seen by the random crops; see the README for the trade-off).
   JPEGs much larger than that decode in draft mode (DCT scaling) first.
-- `eval` records are exactly the artifact's eval preprocessing up to its uint8 crop: full
-  decode, resize of the short side, center crop (`transforms.eval_transform` on the same
-  PIL calls), so validation and test see the pixels serving sees.
+- `eval` records are exactly the artifact's eval preprocessing up to its uint8 crop: the
+  eval decode (`transforms.open_for_eval`: reduced scale only down to twice the resize),
+  resize of the short side, center crop (`transforms.eval_transform` on the same PIL
+  calls), so validation and test see the pixels serving sees.
 
 Where the store lives: /dev/shm (memory) when it fits there with room to spare, else a
 memory-mapped file in the scratch folder (DOGBREED_SCRATCH_DIR, default the system's
@@ -36,7 +37,7 @@ import torch
 from PIL import Image
 
 from dogbreed.images import open_rgb
-from dogbreed.transforms import eval_crop
+from dogbreed.transforms import eval_crop, open_for_eval
 
 SCRATCH_ENV = "DOGBREED_SCRATCH_DIR"
 SHARED_MEMORY = Path("/dev/shm")
@@ -94,8 +95,8 @@ def _free_bytes(folder: Path) -> int:
 
 def decode_record(path: str, spec: StoreSpec, preprocessing: dict) -> np.ndarray:
     """One image as its (side, side, 3) uint8 record."""
-    if spec.kind == "eval":  # exactly the eval transform's PIL steps
-        image = eval_crop(open_rgb(path), preprocessing)
+    if spec.kind == "eval":  # exactly the eval path's PIL steps
+        image = eval_crop(open_for_eval(path, preprocessing), preprocessing)
     else:
         image = open_rgb(path, draft_size=(spec.side, spec.side))
         width, height = image.size

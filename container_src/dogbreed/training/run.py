@@ -48,7 +48,8 @@ from dogbreed.training.feature_cache import (FeatureBatches, FeatureHead, comput
 from dogbreed.training.image_store import StoreDoesNotFit, prepare_stores
 from dogbreed.training.loop import (EpochSums, Precision, evaluate, reduce_epoch_sums,
                                     train_one_epoch)
-from dogbreed.transforms import eval_preprocessing, eval_transform, train_transform
+from dogbreed.transforms import (eval_decode_size, eval_preprocessing, eval_transform,
+                                 train_transform)
 
 EXIT_FAILED = 1
 # Debugger collections that read the backbone's layers (which the features pipeline runs
@@ -418,11 +419,13 @@ def choose_num_workers(hp: Hyperparameters, context: DistContext, num_cpus: int)
 
 
 def make_loader(channel: Channel, transform, hp: Hyperparameters, context: DistContext,
-                num_workers: int, shuffle: bool) -> DataLoader:
+                num_workers: int, shuffle: bool,
+                decode_size: tuple[int, int] | None = None) -> DataLoader:
     sampler = EpochSampler(len(channel.samples), shuffle=shuffle, seed=hp.seed,
                            rank=context.rank, world_size=context.world_size, seeded=shuffle)
     drop_last = drops_lone_last_batch(sampler, hp.batch_size, shuffle)
-    return DataLoader(ImageListDataset(channel.samples, transform), batch_size=hp.batch_size,
+    return DataLoader(ImageListDataset(channel.samples, transform, decode_size),
+                      batch_size=hp.batch_size,
                       sampler=sampler, num_workers=num_workers, worker_init_fn=_ignore_sigterm,
                       pin_memory=context.device.type == "cuda",
                       persistent_workers=num_workers > 0, drop_last=drop_last)
@@ -452,7 +455,9 @@ def data_loaders(hp: Hyperparameters, wanted: str, channels: dict[str, Channel],
     workers = choose_num_workers(hp, context, num_cpus)
     return "pil", workers, {name: make_loader(
         channel, (train_transform if name == "train" else eval_transform)(preprocessing), hp,
-        contexts[name], workers, shuffle=name == "train") for name, channel in channels.items()}
+        contexts[name], workers, shuffle=name == "train",
+        decode_size=None if name == "train" else eval_decode_size(preprocessing))
+        for name, channel in channels.items()}
 
 
 def image_stores(hp: Hyperparameters, channels: dict[str, Channel], preprocessing: dict,
