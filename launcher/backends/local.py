@@ -109,11 +109,12 @@ class LocalBackend(ProcessBackend):
                    if path.name[:-len(batch.OUT_SUFFIX)] in staged and path.is_file()}
         result = batch.finish_job_answers(plan, answers, "not scored" if interrupted else
                                           f"no answer from transform job {name}", top_k)
+        if not failure:  # kept when the job failed: its log says why
+            shutil.rmtree(folder, ignore_errors=True)
         if interrupted or failure:
             raise LauncherError(f"{'interrupted' if interrupted else failure}\n{len(answers)} "
                                 f"answer(s) kept in {plan.output_dir}: run the same command "
                                 "again to score the rest")
-        shutil.rmtree(folder, ignore_errors=True)
         return result
 
 
