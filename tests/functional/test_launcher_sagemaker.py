@@ -640,3 +640,42 @@ def test_transform_refuses_a_model_that_is_not_in_s3(moto, uploaded, project, tm
     assert result.returncode == 1
     assert "reads a model.tar.gz in S3, not" in result.stderr
     assert len(moto.requests()) == before
+
+
+def test_evaluate_scores_the_split_through_a_transform_job(moto, uploaded, project,
+                                                           trained_model):
+    """evaluate --backend sagemaker: the model's class list from its model.tar.gz in S3,
+    the split through a transform job, the metrics from the answers it left in S3 (put
+    there by the test, since moto runs nothing: each photo answered with its own breed)."""
+    archive = project / "evaluated.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for item in trained_model.iterdir():
+            tar.add(item, arcname=item.name)
+    boto(moto, "s3").upload_file(str(archive), "dogbreed-tests", "proj/models/ev/model.tar.gz")
+    command = ["evaluate", "--backend", "sagemaker", "--model",
+               "s3://dogbreed-tests/proj/models/ev/model.tar.gz", "--out", "ev"]
+    first = launcher(moto, project, *command)
+    assert first.returncode == 1
+    assert "no photo of data/test was scored" in first.stderr
+    job = moto.requests("CreateTransformJob")[-1]["json"]
+    source = job["TransformInput"]["DataSource"]["S3DataSource"]["S3Uri"]
+    listed = json.loads(s3_text(moto, source))
+    photos = sorted(path.relative_to(project / "data" / "test").as_posix()
+                    for path in (project / "data" / "test").rglob("*.jpg"))
+    assert listed[1:] == photos
+    output = job["TransformOutput"]["S3OutputPath"].removeprefix("s3://dogbreed-tests/")
+    description = json.loads((trained_model / "model.json").read_text())
+    for photo in photos:
+        truth = description["class_folders"].index(photo.split("/")[0])
+        boto(moto, "s3").put_object(
+            Bucket="dogbreed-tests", Key=f"{output}{photo}.out", Body=json.dumps(
+                {"predictions": [[{"label": description["class_names"][truth],
+                                   "class_id": truth, "probability": 0.9}]]}).encode())
+    jobs = len(moto.requests("CreateTransformJob"))
+    second = launcher(moto, project, *command)
+    assert second.returncode == 0, second.stderr
+    assert len(moto.requests("CreateTransformJob")) == jobs  # every photo had its answer
+    evaluation = json.loads((project / "ev" / "evaluation.json").read_text())
+    assert evaluation["images"] == len(photos)
+    assert evaluation["top1_accuracy"] == 1.0
+    assert f"{len(photos)} answer(s) fetched from an earlier job" in second.stdout
