@@ -298,7 +298,7 @@ def _scored(args, config: Config, workdir: Path, input_dir: Path, output_dir: Pa
     plan = batch.plan_transform(input_dir, output_dir, source)  # refused before anything
     if not plan.pending:  # no server, container or job for nothing
         print(f"every image of {input_dir} has its answer in {output_dir} already")
-        return batch.finish_job_answers(plan, {}, "not scored", top_k)
+        return batch.finish_job_answers(plan, {}, None, top_k)
     if args.endpoint:
         invoke = backends.backend(record["backend"]).invoker(config, name, record)
         print(f"scoring {len(plan.pending)} file(s) through endpoint {name}", flush=True)

@@ -126,16 +126,10 @@ def send_missing(files: dict[str, Path], present: dict[str, tuple[int, str]], bu
 
     def settle(key: str) -> tuple[str, bool, int]:
         """Send one file unless its object already holds the same bytes."""
-        path = files[key]
-        body = path.read_bytes()
-        size, etag = present.get(key, (None, ""))
-        if size == len(body) and etag == hashlib.md5(body, usedforsecurity=False).hexdigest():
-            return key, False, len(body)  # the common case of a run with nothing to do
+        body = files[key].read_bytes()
+        if holds(s3, bucket, key, body, present.get(key)):
+            return key, False, len(body)
         digest = hashlib.sha256(body)
-        if size == len(body):
-            head = s3.head_object(Bucket=bucket, Key=key)
-            if head.get("Metadata", {}).get("sha256") == digest.hexdigest():
-                return key, False, len(body)
         s3.put_object(Bucket=bucket, Key=key, Body=body,
                       ChecksumSHA256=base64.b64encode(digest.digest()).decode(),
                       Metadata={"sha256": digest.hexdigest()})
@@ -174,6 +168,19 @@ def send_missing(files: dict[str, Path], present: dict[str, tuple[int, str]], bu
                                 "objects already there are complete") from error
         pool.shutdown()
     return result
+
+
+def holds(s3, bucket: str, key: str, body: bytes, listed: tuple[int, str] | None) -> bool:
+    """Does the object hold exactly `body`? `listed`: its (size, ETag) from
+    `remote_objects`, None when it is not there. An ETag equal to the MD5 settles the
+    common case; otherwise the object's `sha256` metadata does (one head_object)."""
+    size, etag = listed or (None, "")
+    if size != len(body):
+        return False
+    if etag == hashlib.md5(body, usedforsecurity=False).hexdigest():
+        return True
+    head = s3.head_object(Bucket=bucket, Key=key)
+    return head.get("Metadata", {}).get("sha256") == hashlib.sha256(body).hexdigest()
 
 
 def delete_objects(s3, bucket: str, keys: list[str]) -> None:

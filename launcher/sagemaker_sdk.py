@@ -410,6 +410,12 @@ def delete_endpoint(config: Config, name: str, model_name: str | None) -> list[s
 # one ContentType for all its files, and a folder may mix JPEG, PNG, WebP and HEIC.
 TRANSFORM_CONTENT_TYPE = "application/x-image"
 TRANSFORM_MAX_PAYLOAD_MB = 6  # what the launcher sends at most (predict.MAX_BYTES)
+# CreateTransformJob refuses MaxConcurrentTransforms x MaxPayloadInMB over 100 (MB).
+TRANSFORM_MAX_CONCURRENCY = 100 // TRANSFORM_MAX_PAYLOAD_MB
+
+
+def is_gpu_instance(instance_type: str) -> bool:
+    return re.match(r"^ml\.[gp]\d", instance_type) is not None
 
 
 def transform_locally(config: Config, scratch: Path, name: str, model_tarball: Path,
@@ -455,10 +461,34 @@ def wait_for_transform(session, name: str) -> dict:
         ("Completed", "Failed", "Stopped"))
 
 
-def delete_model(session, name: str) -> None:
-    """The transform's model, once its job has ended (missing is fine)."""
+def describe_transform(session, name: str) -> dict | None:
+    """DescribeTransformJob; None when there is no such job (any other refusal, such as
+    throttling or expired credentials, is raised: taking it for "gone" would start a
+    second job beside a running one)."""
+    import botocore.exceptions
+    try:
+        return session.sagemaker_client.describe_transform_job(TransformJobName=name)
+    except botocore.exceptions.ClientError as error:
+        if _not_found(error):
+            return None
+        raise
+
+
+def delete_model(session, name: str, quiet: bool = False) -> None:
+    """The transform's model, once its job has ended; one that is not there is fine, and
+    `quiet` says nothing about any other refusal (its creation may have been refused)."""
     import botocore.exceptions
     try:
         session.sagemaker_client.delete_model(ModelName=name)
     except botocore.exceptions.ClientError as error:
-        print(f"warning: could not delete model {name}: {short_error(error)}", file=sys.stderr)
+        if not (quiet or _not_found(error)):
+            print(f"warning: could not delete model {name}: {short_error(error)}",
+                  file=sys.stderr)
+
+
+def _not_found(error) -> bool:
+    message = str(error).lower()
+    return (error.response.get("Error", {}).get("Code") in ("ValidationException",
+                                                             "ResourceNotFound")
+            and ("could not find" in message or "not found" in message
+                 or "does not exist" in message))

@@ -46,14 +46,9 @@ class Plan:
 @dataclass
 class TransformResult:
     plan: Plan
-    sent: int = 0  # answered or refused
+    scored: int = 0  # answers kept in this run (sent, or fetched from a job)
     failed: dict[str, str] = field(default_factory=dict)  # file -> reason
     csv: Path | None = None
-
-    @property
-    def scored(self) -> int:
-        """Files answered in this run."""
-        return self.sent - sum(file in self.plan.pending for file in self.failed)
 
 
 def input_files(folder: Path) -> list[str]:
@@ -93,7 +88,8 @@ def plan_transform(input_dir: Path, output_dir: Path, source: dict) -> Plan:
     """The files to send: every file of `input_dir` that is an image and has no finished
     answer in `output_dir`. Refuses an output that is a file, an input without images, and
     an output holding the answers of another run (`source`: the input, the model or
-    endpoint, top_k; an answer is only reused for the same)."""
+    endpoint, top_k; an answer is only reused for the same). A record without answers (a
+    run refused at once, say for a mistyped model) is replaced."""
     files = check_folders(input_dir, output_dir)
     source = dict(source, input=str(input_dir.resolve()))
     recorded = output_dir / RUN_FILE
@@ -102,7 +98,7 @@ def plan_transform(input_dir: Path, output_dir: Path, source: dict) -> Plan:
             earlier = json.loads(recorded.read_text())
         except ValueError:
             earlier = None
-        if earlier != source:
+        if earlier != source and any(output_dir.rglob("*" + OUT_SUFFIX)):
             raise LauncherError(f"output {output_dir} holds the answers of another run "
                                 f"({earlier}); give another --output, or remove it to score "
                                 "again")
@@ -138,9 +134,10 @@ def run_transform(plan: Plan, invoke: Invoke, top_k: int, concurrency: int) -> T
         status, body = invoke((plan.input_dir / file).read_bytes(), plan.pending[file], top_k)
         refused = keep_answer(plan, file, body, status)
         with lock:
-            result.sent += 1
             if refused:
                 result.failed[file] = refused
+            else:
+                result.scored += 1
 
     interrupted = False
     with tqdm(total=len(plan.pending), unit="image", desc="scoring",
@@ -194,20 +191,22 @@ def stage_pending(plan: Plan, folder: Path) -> dict[str, str]:
     return staged
 
 
-def finish_job_answers(plan: Plan, answers: dict[str, bytes], missing: str,
+def finish_job_answers(plan: Plan, answers: dict[str, bytes], missing: str | None,
                        top_k: int) -> TransformResult:
     """What a transform job left, kept like a client's answers: every pending file with
     its answer (or refusal) from `answers` (file -> `.out` bytes), the others failed with
-    `missing`; then the CSV over all files."""
+    the reason `missing` (None: "not scored", as after Ctrl-C); then the CSV over all."""
     result = TransformResult(plan, failed=dict(plan.failed))
     for file in plan.pending:
         if file not in answers:
-            result.failed[file] = missing
+            if missing is not None:
+                result.failed[file] = missing
             continue
-        result.sent += 1
         refused = keep_answer(plan, file, answers[file])
         if refused:
             result.failed[file] = refused
+        else:
+            result.scored += 1
     result.csv = write_csv(plan.output_dir, plan.files, top_k, result.failed)
     return result
 

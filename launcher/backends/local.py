@@ -73,7 +73,8 @@ class LocalBackend(ProcessBackend):
         import tempfile
         import time
 
-        from launcher import transform as batch
+        from launcher import sagemaker_sdk, transform as batch
+        from launcher.local_mode_job import remove_containers
         self.check_ready(config, "serve")
         if args.concurrency and args.concurrency > 1:
             print("note: local mode sends one request at a time (--concurrency is for the "
@@ -83,6 +84,9 @@ class LocalBackend(ProcessBackend):
                                        dir=workdir / "transforms"))
         staged = batch.stage_pending(plan, folder / "input")
         tarball = endpoints.model_tarball_of(Path(artifact), folder / "model.tar.gz")
+        if tarball != folder / "model.tar.gz":  # local mode unpacks beside it: not there
+            (folder / "model.tar.gz").symlink_to(tarball.resolve())
+            tarball = folder / "model.tar.gz"
         name = f"dogbreed-transform-{time.strftime('%m%d-%H%M%S')}-{secrets.token_hex(2)}"
         log = folder / "transform.log"
         print(f"local-mode transform job {name}: {len(staged)} file(s), one at a time (log: "
@@ -98,21 +102,32 @@ class LocalBackend(ProcessBackend):
             try:
                 code = process.wait()
             except KeyboardInterrupt:
-                interrupted = True
-                endpoints.stop_process_surely(process.pid)  # it removes its container
-                code = None
+                interrupted, code = True, None
+                try:
+                    endpoints.stop_process_surely(process.pid)  # it removes its container
+                finally:  # also when a second Ctrl-C killed it first
+                    remove_containers(config.image("serve", local=True),
+                                      f"{sagemaker_sdk.ENDPOINT_VARIABLE}={name}")
         if code:
             tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
             failure = f"the local-mode transform job exited with {code}; the end of {log}:\n{tail}"
+        # An empty `.out` is the request in flight when the job stopped: not an answer.
         answers = {staged[path.name[:-len(batch.OUT_SUFFIX)]]: path.read_bytes()
                    for path in folder.rglob("*" + batch.OUT_SUFFIX)
-                   if path.name[:-len(batch.OUT_SUFFIX)] in staged and path.is_file()}
-        result = batch.finish_job_answers(plan, answers, "not scored" if interrupted else
+                   if path.name[:-len(batch.OUT_SUFFIX)] in staged and path.is_file()
+                   and path.stat().st_size}
+        result = batch.finish_job_answers(plan, answers, None if interrupted else
                                           f"no answer from transform job {name}", top_k)
-        if not failure:  # kept when the job failed: its log says why
+        if failure:  # only its log stays: it says why
+            for item in folder.iterdir():
+                if item.is_dir() and not item.is_symlink():
+                    shutil.rmtree(item, ignore_errors=True)
+                elif item != log:
+                    item.unlink()
+        else:
             shutil.rmtree(folder, ignore_errors=True)
         if interrupted or failure:
-            raise LauncherError(f"{'interrupted' if interrupted else failure}\n{len(answers)} "
+            raise LauncherError(f"{'interrupted' if interrupted else failure}\n{result.scored} "
                                 f"answer(s) kept in {plan.output_dir}: run the same command "
                                 "again to score the rest")
         return result
@@ -133,7 +148,11 @@ class _OutCounter:
         with tqdm(total=self.total, unit="image", desc="scoring") as bar:
             while True:
                 stopping = self.stop.wait(1)
-                found = sum(1 for path in self.folder.rglob("*.out") if path.stat().st_size)
+                try:
+                    found = sum(1 for path in self.folder.rglob("*.out")
+                                if path.stat().st_size)
+                except OSError:  # local mode removed its working folder just then
+                    found = bar.n
                 bar.update(min(found, self.total) - bar.n)
                 if stopping:
                     return

@@ -94,31 +94,32 @@ class SageMakerBackend(Backend):
         """A Batch Transform job over the plan's files in S3 (`launcher.s3_transform`):
         answers earlier jobs left are fetched, the rest uploaded once and listed in the
         job's manifest; the answers come back into the output folder. A job an earlier run
-        stopped waiting for is waited for again, not started twice."""
-        import botocore.exceptions
-
+        stopped waiting for is waited for again, not started twice; once it has ended, its
+        model is deleted."""
         from launcher import s3_sync, s3_transform, sagemaker_sdk
         from launcher.transform import finish_job_answers
         if not artifact.startswith("s3://"):
             raise LauncherError(f"a transform job on the sagemaker backend reads a model.tar.gz "
                                 f"in S3, not {artifact}: pass --model s3://...")
+        most = sagemaker_sdk.TRANSFORM_MAX_CONCURRENCY
+        if args.concurrency and args.concurrency > most:
+            raise LauncherError(f"--concurrency {args.concurrency}: a transform job takes at "
+                                f"most {most} requests in flight per instance (AWS: "
+                                "MaxConcurrentTransforms x MaxPayloadInMB <= 100, at "
+                                f"{sagemaker_sdk.TRANSFORM_MAX_PAYLOAD_MB} MB each)")
         session = sagemaker_sdk.sagemaker_session(config, workdir)
         s3 = s3_sync.client(session.boto_session)
         base = s3_transform.base_uri(config.s3_prefix(), plan)
         name = s3_transform.recorded_job(plan.output_dir)
-        described = None
-        if name:
-            try:
-                described = session.sagemaker_client.describe_transform_job(
-                    TransformJobName=name)
-            except botocore.exceptions.ClientError:  # gone, or another account's
-                described = None
+        described = sagemaker_sdk.describe_transform(session, name) if name else None
         if described and described["TransformJobStatus"] in ("InProgress", "Stopping"):
             print(f"transform job {name} (started by an earlier run) is still running: "
                   "waiting for it")
-            to_score = list(plan.pending)
-            fetched: dict[str, bytes] = {}
+            to_score, fetched = list(plan.pending), {}
         else:
+            if name:  # it ended while no run waited for it: its answers are in output/
+                sagemaker_sdk.delete_model(session, name)
+                s3_transform.record_job(plan.output_dir, None)
             name = f"dogbreed-transform-{time.strftime('%m%d-%H%M%S')}-{secrets.token_hex(2)}"
             prepared = s3_transform.prepare(plan, base, s3, name)
             to_score, fetched = prepared.to_score, prepared.fetched
@@ -126,29 +127,35 @@ class SageMakerBackend(Backend):
                 print(f"{len(fetched)} answer(s) fetched from an earlier job in "
                       f"{prepared.output}")
             if not to_score:
-                return finish_job_answers(plan, fetched, "not scored", top_k)
+                return finish_job_answers(plan, fetched, None, top_k)
+            if sagemaker_sdk.is_gpu_instance(config.serving.instance_type):
+                print("note: a transform job takes no InferenceAmiVersion: on a GPU instance "
+                      "the image's CUDA compatibility libraries must bridge the default "
+                      "driver (serve stops with the reason if the GPU is unusable)")
+            s3_transform.record_job(plan.output_dir, name)  # before it exists: never lost
             try:
                 sagemaker_sdk.start_transform_job(config, session, artifact, name,
                                                   prepared.manifest, prepared.output, top_k,
                                                   args.concurrency)
             except Exception:  # AWS refused the job: its model would be left behind
-                sagemaker_sdk.delete_model(session, name)
+                s3_transform.record_job(plan.output_dir, None)
+                sagemaker_sdk.delete_model(session, name, quiet=True)
                 raise
-            s3_transform.record_job(plan.output_dir, name)
             print(f"started transform job {name}: {len(to_score)} image(s) on "
                   f"{config.serving.instance_count} x {config.serving.instance_type}")
         try:
             described = sagemaker_sdk.wait_for_transform(session, name)
+            answers = {**fetched, **s3_transform.fetch_answers(plan, base, s3, to_score)}
         except KeyboardInterrupt:
             raise LauncherError(f"stopped waiting; transform job {name} goes on in SageMaker: "
                                 "run the same command again to wait for it and fetch its "
                                 "answers") from None
-        answers = {**fetched, **s3_transform.fetch_answers(plan, base, s3, to_score)}
         sagemaker_sdk.delete_model(session, name)
         s3_transform.record_job(plan.output_dir, None)
         status = described["TransformJobStatus"]
+        reason = described.get("FailureReason")
         missing = (f"transform job {name} {status.lower()} without an answer for it"
-                   f"{': ' + described['FailureReason'] if described.get('FailureReason') else ''}")
+                   f"{': ' + reason if reason else ''}")
         return finish_job_answers(plan, answers, missing, top_k)
 
     def remove_endpoint(self, config: Config, name: str, record: dict[str, Any]) -> str:

@@ -558,6 +558,7 @@ def test_transform_sends_the_job_and_a_second_run_sends_only_the_rest(moto, uplo
               "--output", "answers", "--top-k", "3"]
     first = launcher(moto, project, *common, "--concurrency", "8")
     assert first.returncode == 1, first.stderr  # moto's job wrote no answer
+    assert "4 file(s): 0 scored now, 0 already done, 4 failed" in first.stdout
     [job] = moto.requests("CreateTransformJob")
     job = job["json"]
     name = job["TransformJobName"]
@@ -594,33 +595,45 @@ def test_transform_sends_the_job_and_a_second_run_sends_only_the_rest(moto, uplo
     assert rows["a.jpg"]["error"] == f"transform job {name} completed without an answer for it"
     assert sent_where(moto, "DeleteModel", "ModelName", name) == [{"ModelName": name}]
 
-    # The job answered a.jpg (and sent a damaged answer for sub/b.jpg) before it stopped.
+    # The job answered a.jpg and sub/c.jpg (and left a damaged answer for sub/b.jpg)
+    # before it stopped; then sub/c.jpg was replaced by another photo of the same name.
     output = base.removeprefix("s3://dogbreed-tests/") + "output/"
     put_answer(moto, output + "a.jpg.out", "Akita")
+    put_answer(moto, output + "sub/c.jpg.out", "Collie")
     boto(moto, "s3").put_object(Bucket="dogbreed-tests", Key=output + "sub/b.jpg.out",
                                 Body=b'{"predictions": [[{"lab')
+    shutil.copy(samples[3], photos / "sub" / "c.jpg")
     puts = [e for e in moto.requests() if e["method"] == "PUT"]
     second = launcher(moto, project, *common)
     assert second.returncode == 1, second.stderr
     assert "1 answer(s) fetched from an earlier job" in second.stdout
+    assert "4 file(s): 1 scored now, 0 already done, 3 failed" in second.stdout, second.stdout
     jobs = [e["json"] for e in moto.requests("CreateTransformJob")]
     assert len(jobs) == 2 and "MaxConcurrentTransforms" not in jobs[1]  # the server says
     manifest = jobs[1]["TransformInput"]["DataSource"]["S3DataSource"]["S3Uri"]
     assert json.loads(s3_text(moto, manifest)) == [{"prefix": f"{base}input/"}, "sub/b.jpg",
                                                    "sub/c.jpg"]
-    # No image was sent again: the only new object is the manifest.
+    # Only the replaced photo was sent again, and the manifest.
     new_puts = [e for e in moto.requests() if e["method"] == "PUT"][len(puts):]
-    assert [e["url"].split("?")[0].rsplit("/", 1)[-1] for e in new_puts] == [
-        manifest.rsplit("/", 1)[-1]]
+    folder = base.removeprefix("s3://dogbreed-tests/")
+    assert sorted(e["url"].split("?")[0].split(folder)[-1] for e in new_puts) == [
+        "input/sub/c.jpg", f"manifests/{jobs[1]['TransformJobName']}.json"]
     assert json.loads((project / "answers" / "a.jpg.out").read_text())["predictions"][0][0][
         "label"] == "Akita"
     assert not (project / "answers" / "sub" / "b.jpg.out").exists()
 
-    # Every image answered in S3: nothing is started, the answers come home.
+    # Every image answered in S3: nothing is started, the answers come home. A job an
+    # earlier run recorded and that has ended since gets its model deleted.
     put_answer(moto, output + "sub/b.jpg.out", "Beagle")
     put_answer(moto, output + "sub/c.jpg.out", "Collie")
+    ended = jobs[1]["TransformJobName"]
+    (project / "answers" / "transform-job.json").write_text(json.dumps({"job": ended}))
+    models = len(moto.requests("CreateModel"))
     third = launcher(moto, project, *common)
     assert len(moto.requests("CreateTransformJob")) == 2
+    assert len(moto.requests("CreateModel")) == models
+    assert len(sent_where(moto, "DeleteModel", "ModelName", ended)) == 2
+    assert not (project / "answers" / "transform-job.json").exists()
     rows = {row["file"]: row for row in csv.DictReader(open(project / "answers" /
                                                             "predictions.csv"))}
     assert {file: row["label_1"] for file, row in rows.items() if row["status"] == "ok"} == {
@@ -629,16 +642,21 @@ def test_transform_sends_the_job_and_a_second_run_sends_only_the_rest(moto, uplo
     assert "4 file(s): 2 scored now, 1 already done, 1 failed" in third.stdout
 
 
-def test_transform_refuses_a_model_that_is_not_in_s3(moto, uploaded, project, tmp_path):
+@pytest.mark.parametrize("options, message", [
+    (["--model", "model.tar.gz"], "reads a model.tar.gz in S3, not model.tar.gz"),
+    (["--model", TRANSFORM_MODEL, "--concurrency", "17"],
+     "--concurrency 17: a transform job takes at most 16 requests in flight per instance"),
+])
+def test_transform_refuses_bad_input_before_any_aws_call(moto, uploaded, project, tmp_path,
+                                                         options, message):
     photo = sorted((project / "data" / "test").rglob("*.jpg"))[0]
     (tmp_path / "in").mkdir()
     shutil.copy(photo, tmp_path / "in" / "x.jpg")
     before = len(moto.requests())
     result = launcher(moto, project, "transform", str(tmp_path / "in"), "--backend",
-                      "sagemaker", "--model", str(tmp_path / "model.tar.gz"), "--output",
-                      str(tmp_path / "out"))
+                      "sagemaker", "--output", str(tmp_path / "out"), *options)
     assert result.returncode == 1
-    assert "reads a model.tar.gz in S3, not" in result.stderr
+    assert message in result.stderr
     assert len(moto.requests()) == before
 
 

@@ -161,6 +161,18 @@ def test_another_runs_answers_are_never_taken_for_this_ones(project, trained_mod
                ["predictions"][0]) == 3  # left as they were
 
 
+def test_a_run_refused_at_once_does_not_hold_its_output_for_ever(project, trained_model):
+    """A mistyped --model records its source but writes no answer: the corrected command
+    then scores into the same output instead of being refused as another run's."""
+    typo = launcher("transform", "input", "--output", "typo", "--model", "no-such-model",
+                    cwd=project, timeout=60)
+    assert typo.returncode == 1 and "no-such-model" in typo.stderr
+    fixed = launcher("transform", "input", "--output", "typo", "--model", str(trained_model),
+                     cwd=project)
+    assert "16 file(s): 15 scored now, 0 already done, 1 failed" in fixed.stdout, \
+        fixed.stdout + fixed.stderr
+
+
 def test_evaluate_compares_with_the_job_only_on_the_test_split(project, sample_data,
                                                                trained_model):
     result = launcher("evaluate", "--model", str(trained_model), "--data", str(sample_data),

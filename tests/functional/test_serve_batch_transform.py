@@ -30,6 +30,7 @@ def test_a_transform_job_asks_for_the_execution_parameters(trained_model, sample
         asked = requests.post(f"{server.url}/invocations", data=photo.read_bytes(), timeout=30,
                               headers={"Content-Type": "image/jpeg",
                                        "X-Amzn-SageMaker-Custom-Attributes": "top_k=3"})
+        assert asked.status_code == 200
         assert len(asked.json()["predictions"][0]) == 3  # a request's own still wins
     finally:
         assert server.stop() == 0

@@ -62,7 +62,7 @@ from urllib.parse import parse_qs
 import psutil
 from PIL import Image
 
-from dogbreed.serving.codec import (MAX_TOP_K, TOP_K_ENV, encode_error,
+from dogbreed.serving.codec import (MAX_PAYLOAD_MB, MAX_TOP_K, TOP_K_ENV, encode_error,
                                     max_payload_mb_from_environment)
 from dogbreed.serving.log_level import log_level_from_environment
 
@@ -127,11 +127,13 @@ class ServeSettings:
 
     def execution_parameters(self) -> dict:
         """What suits a transform job (SageMaker asks when the job set none): as many
-        requests in flight as the workers batch together, one image file per request."""
+        requests in flight as the workers batch together, one image file per request,
+        within CreateTransformJob's MaxConcurrentTransforms x MaxPayloadInMB <= 100."""
+        payload_mb = math.ceil(self.max_payload_bytes / 2**20)
         return {"MaxConcurrentTransforms": self.max_concurrent_transforms or
-                self.workers * self.batch_size,
+                max(1, min(self.workers * self.batch_size, MAX_PAYLOAD_MB // payload_mb)),
                 "BatchStrategy": self.batch_strategy,
-                "MaxPayloadInMB": math.ceil(self.max_payload_bytes / 2**20)}
+                "MaxPayloadInMB": payload_mb}
 
     @classmethod
     def from_environment(cls) -> "ServeSettings":
