@@ -59,7 +59,6 @@ class LocalBackend(ProcessBackend):
     def ready_file(self, endpoint_dir: Path) -> Path | None:
         return endpoint_dir / endpoints.READY_FILE
 
-
     def transform(self, args, config: Config, workdir: Path, artifact: str, plan, top_k: int):
         """The SDK's Transformer in local mode on the serving image
         (`launcher.local_transform`, a child process logging to the scratch folder), over
@@ -67,11 +66,9 @@ class LocalBackend(ProcessBackend):
         sub-folders, and the finished files stay out). Its `.out` files are collected even
         when it stops early: local mode writes each as it goes, and moves them to the
         output only at the end."""
-        import secrets
         import shutil
         import subprocess
         import tempfile
-        import time
 
         from launcher import sagemaker_sdk, transform as batch
         from launcher.local_mode_job import remove_containers
@@ -87,7 +84,7 @@ class LocalBackend(ProcessBackend):
         if tarball != folder / "model.tar.gz":  # local mode unpacks beside it: not there
             (folder / "model.tar.gz").symlink_to(tarball.resolve())
             tarball = folder / "model.tar.gz"
-        name = f"dogbreed-transform-{time.strftime('%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+        name = jobs.job_name("dogbreed-transform")
         log = folder / "transform.log"
         print(f"local-mode transform job {name}: {len(staged)} file(s), one at a time (log: "
               f"{log})", flush=True)

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from launcher import jobs
 from launcher.backends.base import Backend, Invoker, again
 from launcher.config import Config
 from launcher.errors import LauncherError
@@ -120,7 +121,7 @@ class SageMakerBackend(Backend):
             if name:  # it ended while no run waited for it: its answers are in output/
                 sagemaker_sdk.delete_model(session, name)
                 s3_transform.record_job(plan.output_dir, None)
-            name = f"dogbreed-transform-{time.strftime('%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+            name = jobs.job_name("dogbreed-transform")
             prepared = s3_transform.prepare(plan, base, s3, name)
             to_score, fetched = prepared.to_score, prepared.fetched
             if fetched:
