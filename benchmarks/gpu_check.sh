@@ -25,7 +25,7 @@ job() {  # job NAME JSON_HYPERPARAMETERS
 job bf16_all '{"epochs": 3, "batch-size": 64, "image-size": 224, "pretrained": "none", "trainable": "all", "lr": 0.001, "patience": 0}'
 job fp16_layer4 '{"epochs": 2, "batch-size": 64, "image-size": 224, "pretrained": "none", "trainable": "layer4", "amp": "fp16"}'
 job fp32_fc '{"epochs": 1, "batch-size": 64, "image-size": 224, "pretrained": "none", "trainable": "fc", "amp": "off"}'
-for trainable in fc all; do
+for trainable in fc layer4 all; do
   echo "== benchmark trainable=$trainable"
-  python3 benchmarks/train_throughput.py --trainable $trainable --batch-size 64 --images 2048 --rounds 3 2>&1 | tee "$OUT/bench_$trainable.log"
+  python3 benchmarks/train_throughput.py --trainable $trainable --batch-size 64 --images 2048 --rounds 3 --compile 2>&1 | tee "$OUT/bench_$trainable.log"
 done

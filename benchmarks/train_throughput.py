@@ -9,9 +9,13 @@ Runs, in one process on one machine, alternating rounds of:
   - end to end, `cached`: the uint8 store (decoded once, timed separately) with crops,
     flips and normalisation on the device, through the same `train_one_epoch`.
 Prints per-round figures, the medians and the ratios end to end / model only, and the
-store's build cost in seconds per 1,000 images.
+store's build cost in seconds per 1,000 images. With --compile also the model-only step
+through torch.compile (as the `compile` hyperparameter runs it): the compile's seconds, its
+speed-up, and the training images after which it has paid back (what `compile=auto`'s
+threshold, dogbreed.training.compiling.AUTO_MIN_IMAGES, estimates).
 
     .venv/bin/python benchmarks/train_throughput.py [--trainable fc,layer4,all] [--rounds 3]
+        [--compile]
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from dogbreed.hyperparameters import Hyperparameters
 from dogbreed.model import build_model, set_train_mode
 from dogbreed.sample_data import write_sample_data
 from dogbreed.training.callbacks import CallbackList, TrainState
+from dogbreed.training.compiling import compiled, toolchain_problem
 from dogbreed.training.data import scan_channel
 from dogbreed.training.distributed import init_worker
 from dogbreed.training.loop import EpochSums, train_one_epoch
@@ -74,7 +79,11 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=256, help="images per end-to-end round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--num-workers", default="auto")
+    parser.add_argument("--compile", action="store_true",
+                        help="also the model-only step through torch.compile")
     args = parser.parse_args()
+    if args.compile and toolchain_problem():
+        parser.error(f"--compile: {toolchain_problem()}; torch.compile needs it")
     pipelines = [name.strip() for name in args.pipelines.split(",") if name.strip()]
 
     context = init_worker()
@@ -97,14 +106,23 @@ def main() -> None:
                                    preprocessing, pipelines, classes))
         print("\n| trainable | model only | " + " | ".join(
             f"{name} end to end | ratio" for name in pipelines) + " |")
-        for trainable, model_median, medians in summary:
+        for trainable, model_median, medians, _ in summary:
             print(f"| `{trainable}` | {model_median:.1f} | " + " | ".join(
                 f"{medians[name]:.1f} | {medians[name] / model_median:.2f}"
                 for name in pipelines) + " |")
+        if args.compile:
+            print("\n| trainable | model only eager | compiled | speed-up | compile (s) | "
+                  "pays back after (images) |\n|---|---|---|---|---|---|")
+            for trainable, model_median, _, (compile_seconds, compiled_median) in summary:
+                saved = 1 / model_median - 1 / compiled_median  # seconds per image
+                payback = f"{compile_seconds / saved:,.0f}" if saved > 0 else "never"
+                print(f"| `{trainable}` | {model_median:.1f} | {compiled_median:.1f} | "
+                      f"{compiled_median / model_median:.2f} | {compile_seconds:.1f} | "
+                      f"{payback} |")
 
 
 def measure(trainable: str, args, context, channel, store, preprocessing, pipelines,
-            classes: int) -> tuple[str, float, dict[str, float]]:
+            classes: int) -> tuple[str, float, dict[str, float], tuple[float, float]]:
     hp = Hyperparameters(batch_size=args.batch_size, image_size=args.image_size,
                          trainable=trainable, pretrained="none",
                          num_workers=args.num_workers)
@@ -132,9 +150,21 @@ def measure(trainable: str, args, context, channel, store, preprocessing, pipeli
           f"{workers}, {len(channel.samples)} JPEGs, torch threads "
           f"{torch.get_num_threads()}", flush=True)
     model_only_rate(state, precision, criterion, batch, labels, 2)  # warm-up
+    compiled_state, compile_seconds, compiled_rates = None, 0.0, []
+    if args.compile:
+        compiled_state = TrainState(model=compiled(model), optimizer=state.optimizer, epochs=1)
+        started = time.perf_counter()
+        model_only_rate(compiled_state, precision, criterion, batch, labels, 2)  # compiles
+        compile_seconds = time.perf_counter() - started
+        print(f"compile: {compile_seconds:.1f} s (2 steps)", flush=True)
     model_rates, e2e_rates = [], {name: [] for name in pipelines}
     for round_number in range(1, args.rounds + 1):
         model_rates.append(model_only_rate(state, precision, criterion, batch, labels, steps))
+        if compiled_state is not None:
+            compiled_rates.append(model_only_rate(compiled_state, precision, criterion, batch,
+                                                  labels, steps))
+            print(f"round {round_number}: model only compiled {compiled_rates[-1]:.1f} img/s",
+                  flush=True)
         for name in pipelines:
             loaders[name].sampler.set_epoch(round_number)
             e2e_rates[name].append(end_to_end_rate(state, loaders[name], precision, criterion,
@@ -146,7 +176,8 @@ def measure(trainable: str, args, context, channel, store, preprocessing, pipeli
     print(f"median: model only {model_median:.1f} img/s, " + ", ".join(
         f"{name} {median:.1f} img/s (ratio {median / model_median:.2f})"
         for name, median in medians.items()))
-    return trainable, model_median, medians
+    compiled_median = statistics.median(compiled_rates) if compiled_rates else 0.0
+    return trainable, model_median, medians, (compile_seconds, compiled_median)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,11 @@ FROM ${DOGBREED_BASE}
 # download: fetch torchvision's ImageNet ResNet50 weights now, so jobs need no network;
 # skip: none (jobs need pretrained=none or a path); copy: take weights/ from the context.
 ARG IMAGENET_WEIGHTS=download
+# compile=on: Triton (GPU) and Inductor (CPU) build their kernels with a C and a C++
+# compiler and Python's headers at run time (about 400 MB).
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends g++ python3-dev \
+ && rm -rf /var/lib/apt/lists/*
 COPY requirements/ /tmp/requirements/
 COPY wheelhouse/ /tmp/wheelhouse/
 COPY dist/ /tmp/dist/

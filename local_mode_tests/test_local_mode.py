@@ -82,6 +82,19 @@ def test_the_job_output_carries_its_trace_rules_profile_and_report(trained):
     assert b"</html>" in members["data/report.html"]
 
 
+def test_the_training_image_can_compile_kernels():
+    """compile=on needs a C compiler and Python's headers in the image: Inductor builds
+    a CPU kernel here as Triton builds its GPU launchers."""
+    program = ("import torch; from dogbreed.training.compiling import toolchain_problem; "
+               "print('toolchain', toolchain_problem()); "
+               "print('compiled', torch.compile(lambda x: x.sin() + 1)(torch.zeros(3)).tolist())")
+    ran = subprocess.run(["docker", "run", "--rm", "--entrypoint", "python", TRAIN_IMAGE,
+                          "-c", program], capture_output=True, text=True, timeout=600)
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    assert "toolchain None" in ran.stdout
+    assert "compiled [1.0, 1.0, 1.0]" in ran.stdout
+
+
 def test_two_instances_train_with_ddp_and_write_one_artifact(sample_data, tmp_path):
     output = tmp_path / "output"
     output.mkdir()

@@ -174,6 +174,11 @@ SPECS: tuple[Spec, ...] = (
          "trainable=fc (unless the debugger collects relu_input, weights or biases), else "
          "cached; pil with a warning when the store fits nowhere",
          choices=("auto", "features", "cached", "pil")),
+    Spec("compile", "auto", "choice", "torch.compile the training step (not evaluation); "
+         "auto = on on a GPU for a job of at least 1,000,000 training images per worker "
+         "(epochs x images), where the compile can pay back, else off; on needs g++ and "
+         "Python's headers in the image and no relu_input collection",
+         choices=("auto", "on", "off")),
     Spec("amp", "auto", "choice", "auto = bf16 where the GPU has it, else fp16; always off "
          "on CPU. channels_last is used on GPU", choices=AMP_CHOICES),
     Spec("debugger", "on", "choice", "the debugger hook (below)", choices=ON_OFF),

@@ -32,6 +32,19 @@ def test_features_asked_with_a_trainable_backbone_fail_before_training(sample_da
     assert not (tmp_path / "checkpoints" / "checkpoint.pt").exists()
 
 
+def test_compile_asked_with_a_hooked_debugger_collection_fails_before_training(sample_data,
+                                                                              tmp_path):
+    result = run_job(tmp_path, dict(FAST_HYPERPARAMETERS, compile="on",
+                                    **{"debugger-collections": "losses,relu_input"}),
+                     channels_of(sample_data))
+    assert result.returncode == 1
+    assert failure_reason(tmp_path).startswith(
+        "compile=on: the debugger collection(s) relu_input hook the model's modules")
+    assert "Traceback" not in result.stderr
+    assert "decoded" not in result.stdout  # refused before any image was decoded
+    assert not (tmp_path / "checkpoints" / "checkpoint.pt").exists()
+
+
 def test_missing_train_channel(sample_data, tmp_path):
     result = run_job(tmp_path, FAST_HYPERPARAMETERS, channels_of(sample_data, ("valid", "test")))
     assert result.returncode == 1

@@ -89,6 +89,34 @@ def test_a_head_only_job_runs_the_backbone_once_per_image(sample_data, tmp_path)
     assert (tmp_path / "model" / "model.safetensors").stat().st_size > 90_000_000
 
 
+def test_a_compiled_head_trains_as_the_eager_one(sample_data, tmp_path):
+    """compile=on runs the training step through torch.compile (here the head on features,
+    a compile of seconds on the CPU): the same losses and weights as the eager job, and
+    the artifact keeps the model's own parameter names."""
+    hyperparameters = dict(FAST_HYPERPARAMETERS, epochs=3, trainable="fc")
+    jobs = {}
+    for setting in ("off", "on"):
+        base = tmp_path / setting
+        cache = tmp_path / f"inductor-{setting}"
+        result = run_job(base, dict(hyperparameters, compile=setting), channels_of(sample_data),
+                         TORCHINDUCTOR_CACHE_DIR=str(cache))
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert f"compile={setting}, " in result.stdout
+        assert json.loads((base / "model" / "model.json").read_text())["training"][
+            "compiled"] is (setting == "on")
+        # Inductor wrote kernels only for the compiled job.
+        assert any(cache.rglob("*.py")) is (setting == "on")
+        jobs[setting] = base
+    losses = {setting: [row[key] for row in json.loads(
+        (base / "model" / "metrics.json").read_text())["epochs"]
+        for key in ("train_loss", "valid_loss")] for setting, base in jobs.items()}
+    assert losses["on"] == pytest.approx(losses["off"], rel=1e-4)
+    eager, compiled = (load_file(jobs[s] / "model" / "model.safetensors") for s in ("off", "on"))
+    assert eager.keys() == compiled.keys() and "fc.weight" in compiled
+    for name in eager:
+        torch.testing.assert_close(compiled[name], eager[name], rtol=1e-4, atol=1e-5)
+
+
 def test_metric_lines_have_the_documented_form(finished_job):
     _, result = finished_job
     lines = result.stdout.splitlines()

@@ -263,5 +263,7 @@ def _numpy(tensor: torch.Tensor) -> np.ndarray:
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The model inside DistributedDataParallel, so names match the artifact's."""
+    """The model inside torch.compile's and DistributedDataParallel's wrappers, so names
+    match the artifact's."""
+    model = getattr(model, "_orig_mod", model)
     return getattr(model, "module", model)

@@ -22,8 +22,9 @@ CHECKPOINT_FILE = "checkpoint.pt"
 BEST_WEIGHTS_PATTERN = "best-epoch*.safetensors"
 # A checkpoint is only reused by a job with the same settings, apart from these: how
 # long it runs and what it observes, not what it learns.
-RESUMABLE_CHANGES = ("epochs", "patience", "num-workers", "deterministic", "debugger", "debugger-collections",
-                     "debugger-save-interval", "rules", "rule-parameters", "profiler", "profiler-interval-ms",
+RESUMABLE_CHANGES = ("epochs", "patience", "num-workers", "deterministic", "compile",
+                     "debugger", "debugger-collections", "debugger-save-interval", "rules",
+                     "rule-parameters", "profiler", "profiler-interval-ms",
                      "profiler-start-step", "profiler-num-steps")
 
 

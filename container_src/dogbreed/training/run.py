@@ -36,6 +36,7 @@ from dogbreed.profiling.profiler import build_profiler
 from dogbreed.reporting import report
 from dogbreed.training import checkpoint
 from dogbreed.training.callbacks import Callback, CallbackList, ProgressLogger, TrainState, describe
+from dogbreed.training.compiling import CompileRefused, choose_compile, compiled
 from dogbreed.training.data import (Channel, ChannelError, EpochSampler, ImageListDataset,
                                     scan_channel)
 from dogbreed.training.device_batches import DeviceBatches
@@ -60,7 +61,8 @@ EXIT_INTERRUPTED = 128 + signal.SIGTERM
 SKIPPED_PATHS_SHOWN = 3
 # The user's mistakes: reported as one line, without a traceback.
 USER_ERRORS = (HyperparameterError, ChannelError, JobConfigError, PretrainedWeightsError,
-               checkpoint.ResumeError, DebuggerConfigError, GpuUnusable, StoreDoesNotFit)
+               checkpoint.ResumeError, DebuggerConfigError, GpuUnusable, StoreDoesNotFit,
+               CompileRefused)
 
 
 class TrainingInterrupted(Exception):
@@ -149,7 +151,8 @@ def run_job(env: JobEnvironment, hp: Hyperparameters, context: DistContext) -> i
     job = set_up(env, hp, context, debugging)
     progress = resume(env.paths, hp, job.channels["train"].class_folders, job.training,
                       context)
-    state = TrainState(model=wrap_for_ddp(job.stepped, hp, context),
+    network = wrap_for_ddp(job.stepped, hp, context)
+    state = TrainState(model=compiled(network) if job.compiled else network,
                        optimizer=job.training.optimizer, epochs=hp.epochs,
                        rank=context.rank, world_size=context.world_size,
                        epoch=progress.epoch, global_step=progress.global_step,
@@ -194,6 +197,7 @@ class Job:
     training: TrainingObjects
     # What the loop trains and evaluates: the model, or its head alone (features).
     stepped: torch.nn.Module
+    compiled: bool = False  # the training step through torch.compile (evaluation stays eager)
 
 
 def set_up(env: JobEnvironment, hp: Hyperparameters, context: DistContext,
@@ -202,6 +206,11 @@ def set_up(env: JobEnvironment, hp: Hyperparameters, context: DistContext,
     preprocessing = eval_preprocessing(hp.image_size)
     precision = choose_precision(hp, context)
     wanted = choose_pipeline(hp, debugging)
+    images_per_worker = hp.epochs * math.ceil(len(channels["train"].samples)
+                                              / context.world_size)
+    compile_step, compile_reason = choose_compile(
+        hp.compile, context.device, images_per_worker,
+        debugging.collections if debugging is not None else ())
     if hp.pretrained == "none" and hp.trainable != "all":
         _log(f"WARNING pretrained=none with trainable={hp.trainable}: the frozen layers keep "
              "their random weights; use trainable=all to train from scratch", context)
@@ -220,12 +229,13 @@ def set_up(env: JobEnvironment, hp: Hyperparameters, context: DistContext,
          f"{precision.dtype or 'fp32'}, channels_last {precision.channels_last}, "
          f"data pipeline {pipeline}"
          f"{f' ({num_workers} loader workers)' if pipeline == 'pil' else ''}, "
+         f"{compile_reason}, "
          f"batch size {hp.batch_size} per worker, "
          f"{len(channels['train'].samples)} train / {len(channels['valid'].samples)} valid "
          f"images, {len(channels['train'].class_folders)} classes", context)
     return Job(channels, preprocessing, pipeline, loaders["train"], loaders["valid"],
                loaders.get("test"), num_workers, criterion,
-               TrainingObjects(model, optimizer, scheduler, precision), stepped)
+               TrainingObjects(model, optimizer, scheduler, precision), stepped, compile_step)
 
 
 def choose_pipeline(hp: Hyperparameters, debugging: DebuggerConfig | None) -> str:
@@ -661,7 +671,8 @@ def finish(env: JobEnvironment, hp: Hyperparameters, context: DistContext, job: 
                   "skipped_files": {name: len(channel.skipped)
                                     for name, channel in channels.items()},
                   "images": {name: len(channel.samples) for name, channel in channels.items()},
-                  "data_pipeline": job.pipeline, "loader_workers": job.num_workers})
+                  "data_pipeline": job.pipeline, "loader_workers": job.num_workers,
+                  "compiled": job.compiled})
     if early_stop.stopped_by_callback:
         _write_failure(env.paths, f"stopped early: {early_stop.stopped_early}")
     else:
