@@ -64,7 +64,7 @@ def test_the_pil_pipeline_learns_as_well_as_the_cached_one(finished_job, sample_
                       channels_of(sample_data))
     assert pil_job.returncode == 0, pil_job.stdout + pil_job.stderr
     pil = parse_metrics(pil_job.stdout)["test_accuracy"][0]
-    assert "data pipeline pil" in pil_job.stdout
+    assert "data pipeline pil (1 loader workers)" in pil_job.stdout
     assert min(cached, pil) >= MIN_TEST_ACCURACY and abs(cached - pil) <= PIPELINE_TOLERANCE, \
         (cached, pil)
 

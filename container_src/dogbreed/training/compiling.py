@@ -1,10 +1,11 @@
 """Whether the training step runs through `torch.compile`, and the compiling itself.
 
-Compiling ResNet50's forward and backward took 117 s cold on the 2-core CPU (7.5 s with
-Inductor's cache warm); on a GPU it is not measured yet. It then saves a share of each
-step's time. `auto` compiles only where that can pay back: on a GPU,
-for a job that trains on at least `AUTO_MIN_IMAGES` images per worker. On the CPU it never
-pays (measured: the compiled step at 0.96x the eager one, benchmarks/README.md).
+Compiling ResNet50's forward and backward took 117 s cold on the 2-core CPU (7.5-10 s
+with Inductor's cache warm); on a GPU it is not measured yet. On a GPU it should then save a
+share of each step's time, so `auto` compiles only where that can pay back: on a GPU, for a
+job that trains on at least `AUTO_MIN_IMAGES` images per worker. On the CPU it gains nothing
+measurable (the compiled step at 0.96x and 1.07x the eager one, within the noise, against a
+cold compile of about two minutes: benchmarks/README.md).
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ def choose_compile(setting: str, device: torch.device, images_per_worker: int,
                 "compile=off, or a training image with g++ and python3-dev installed")
         return True, "compile=on"
     if device.type != "cuda":
-        return False, "compile=auto: off on the CPU, where it does not pay"
+        return False, "compile=auto: off on the CPU, where it does not pay back"
     if hooked:
         return False, f"compile=auto: off, the debugger hooks {', '.join(hooked)}"
     if images_per_worker < AUTO_MIN_IMAGES:
