@@ -27,5 +27,5 @@ job fp16_layer4 '{"epochs": 2, "batch-size": 64, "image-size": 224, "pretrained"
 job fp32_fc '{"epochs": 1, "batch-size": 64, "image-size": 224, "pretrained": "none", "trainable": "fc", "amp": "off"}'
 for trainable in fc layer4 all; do
   echo "== benchmark trainable=$trainable"
-  python3 benchmarks/train_throughput.py --trainable $trainable --batch-size 64 --images 2048 --rounds 3 --compile 2>&1 | tee "$OUT/bench_$trainable.log"
+  python3 benchmarks/train_throughput.py --trainable $trainable --batch-size 64 --images 2048 --rounds 4 --compile 2>&1 | tee "$OUT/bench_$trainable.log"
 done

@@ -7,14 +7,16 @@ Runs, in one process on one machine, alternating rounds of:
   - end to end, `pil`: the PIL loader (JPEG decode, augmentation per epoch, default
     worker count) feeding the same step through `train_one_epoch`;
   - end to end, `cached`: the uint8 store (decoded once, timed separately) with crops,
-    flips and normalisation on the device, through the same `train_one_epoch`.
-Prints per-round figures, the medians and the ratios end to end / model only, and the
-store's build cost in seconds per 1,000 images. With --compile also the model-only step
+    flips and normalisation on the device, through the same `train_one_epoch`;
+the pipelines take turns going first in a round (use an even --rounds with two).
+Prints per-round figures, the medians and the ratios end to end / model only, each
+pipeline's median wait for data and compute per step (the training loop's own split),
+and the store's build cost in seconds per 1,000 images. With --compile also the model-only step
 through torch.compile (as the `compile` hyperparameter runs it): the compile's seconds, its
 speed-up, and the training images after which it has paid back (what `compile=auto`'s
 threshold, dogbreed.training.compiling.AUTO_MIN_IMAGES, estimates).
 
-    .venv/bin/python benchmarks/train_throughput.py [--trainable fc,layer4,all] [--rounds 3]
+    .venv/bin/python benchmarks/train_throughput.py [--trainable fc,layer4,all] [--rounds 4]
         [--compile]
 """
 
@@ -32,7 +34,7 @@ import torch
 from dogbreed.hyperparameters import Hyperparameters
 from dogbreed.model import build_model, set_train_mode
 from dogbreed.sample_data import write_sample_data
-from dogbreed.training.callbacks import CallbackList, TrainState
+from dogbreed.training.callbacks import Callback, CallbackList, StepResult, TrainState
 from dogbreed.training.compiling import compiled, toolchain_problem
 from dogbreed.training.data import scan_channel
 from dogbreed.training.distributed import init_worker
@@ -61,9 +63,22 @@ def model_only_rate(state: TrainState, precision, criterion, batch: torch.Tensor
     return steps * batch.shape[0] / (time.perf_counter() - started)
 
 
-def end_to_end_rate(state: TrainState, loader, precision, criterion, context) -> float:
+class StepTimes(Callback):
+    """Each step's wait for the loader and its compute, as the training loop measures them
+    (host clock: on a GPU a step's kernels may still run after its compute ends)."""
+
+    def __init__(self):
+        self.data_seconds, self.compute_seconds = [], []
+
+    def on_step_end(self, state: TrainState, step: StepResult) -> None:
+        self.data_seconds.append(step.data_seconds)
+        self.compute_seconds.append(step.compute_seconds)
+
+
+def end_to_end_rate(state: TrainState, loader, precision, criterion, context,
+                    times: StepTimes) -> float:
     sums = EpochSums()
-    train_one_epoch(state, loader, criterion, precision, context, CallbackList([]), sums,
+    train_one_epoch(state, loader, criterion, precision, context, CallbackList([times]), sums,
                     lambda: False)
     return sums.seen / sums.seconds
 
@@ -77,7 +92,7 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--images", type=int, default=256, help="images per end-to-end round")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--num-workers", default="auto")
     parser.add_argument("--compile", action="store_true",
                         help="also the model-only step through torch.compile")
@@ -158,6 +173,7 @@ def measure(trainable: str, args, context, channel, store, preprocessing, pipeli
         compile_seconds = time.perf_counter() - started
         print(f"compile: {compile_seconds:.1f} s (2 steps)", flush=True)
     model_rates, e2e_rates = [], {name: [] for name in pipelines}
+    times = {name: StepTimes() for name in pipelines}
     for round_number in range(1, args.rounds + 1):
         model_rates.append(model_only_rate(state, precision, criterion, batch, labels, steps))
         if compiled_state is not None:
@@ -165,10 +181,13 @@ def measure(trainable: str, args, context, channel, store, preprocessing, pipeli
                                                   labels, steps))
             print(f"round {round_number}: model only compiled {compiled_rates[-1]:.1f} img/s",
                   flush=True)
-        for name in pipelines:
+        # Each round starts with another pipeline: a fixed order let a drift in the
+        # machine's speed over a round pass for a difference between pipelines.
+        shift = (round_number - 1) % len(pipelines)
+        for name in pipelines[shift:] + pipelines[:shift]:
             loaders[name].sampler.set_epoch(round_number)
             e2e_rates[name].append(end_to_end_rate(state, loaders[name], precision, criterion,
-                                                   context))
+                                                   context, times[name]))
         print(f"round {round_number}: model only {model_rates[-1]:.1f} img/s, " + ", ".join(
             f"{name} {rates[-1]:.1f} img/s" for name, rates in e2e_rates.items()), flush=True)
     model_median = statistics.median(model_rates)
@@ -176,6 +195,10 @@ def measure(trainable: str, args, context, channel, store, preprocessing, pipeli
     print(f"median: model only {model_median:.1f} img/s, " + ", ".join(
         f"{name} {median:.1f} img/s (ratio {median / model_median:.2f})"
         for name, median in medians.items()))
+    for name, steps in times.items():
+        print(f"median per step, {name}: waiting for data "
+              f"{statistics.median(steps.data_seconds):.3f} s, compute "
+              f"{statistics.median(steps.compute_seconds):.3f} s (host clock)")
     compiled_median = statistics.median(compiled_rates) if compiled_rates else 0.0
     return trainable, model_median, medians, (compile_seconds, compiled_median)
 
